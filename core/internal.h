@@ -1,0 +1,103 @@
+/* Kiln internals shared by core/, eager/ and backends/. Not installed. */
+#ifndef KN_INTERNAL_H
+#define KN_INTERNAL_H
+
+#include "kiln.h"
+#include <stdatomic.h>
+
+#define KN_ALIGN 64
+
+typedef struct kn_storage {
+    atomic_long refcount;
+    size_t nbytes;
+    kn_device device;
+    void *data;          /* KN_ALIGN-aligned */
+    atomic_ulong version; /* bumped by in-place writes (autograd checks it) */
+} kn_storage;
+
+struct kn_tensor {
+    atomic_long refcount;
+    kn_dtype dtype;
+    int ndim;
+    int64_t shape[KN_MAX_DIMS];
+    int64_t strides[KN_MAX_DIMS]; /* in elements */
+    int64_t offset;               /* in elements, into storage */
+    kn_storage *storage;
+    int pool_level;               /* 1-based depth of its latest pool entry; 0 none */
+    bool wrapped;                 /* made from a C number (_scalar forms): weak dtype */
+    bool requires_grad;
+    struct kn_tensor *grad;       /* leaves: accumulated gradient, owned */
+    struct kn_node *grad_fn;      /* non-leaves: the node that made it, owned */
+};
+
+/* ---- errors (core/error.c) ---- */
+/* Sets the thread-local message (printf-style). Always returns NULL. */
+void *kn__error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* For a NULL argument: sets "op: argument is NULL" only if no error is set. */
+void *kn__null_arg(const char *op);
+/* Formats a shape as "[2,3]" into buf (at least 8*21+3 bytes). */
+const char *kn__shape_str(const int64_t *shape, int ndim, char *buf);
+#define KN_SHAPE_BUF 200
+#define KN_CHECK(op, t) do { if (!(t)) return kn__null_arg(op); } while (0)
+
+/* ---- tensors (core/tensor.c) ---- */
+/* New contiguous tensor with uninitialized storage; registered with the pool. */
+kn_tensor *kn__alloc(const int64_t *shape, int ndim, kn_dtype dt);
+/* Library code owns the references ops return exactly like users do: inside
+ * a pool, the pool holds them. kn__drop disposes of such a reference (a
+ * temporary) in either case; kn__ret returns an existing tensor as one. Use
+ * kn_retain/kn_release only for references the library keeps (nodes). */
+void kn__drop(kn_tensor *t);
+kn_tensor *kn__ret(kn_tensor *t);
+/* A composite op runs between these: its temporaries die at the end, and
+ * the result becomes a reference of the caller's pool (or the caller's). */
+void kn__scope_begin(void);
+kn_tensor *kn__scope_end(kn_tensor *result);
+/* New view of base's storage with the given geometry. */
+kn_tensor *kn__view(kn_tensor *base, const int64_t *shape, const int64_t *strides,
+                    int ndim, int64_t offset);
+int64_t kn__numel(const int64_t *shape, int ndim);
+void kn__contig_strides(const int64_t *shape, int ndim, int64_t *strides);
+static inline char *kn__ptr(const kn_tensor *t) {
+    return (char *)t->storage->data + t->offset * (int64_t)kn_dtype_size(t->dtype);
+}
+/* Normalizes dim into [0, ndim); -1 with an error naming op otherwise. */
+int kn__dim(const char *op, int dim, int ndim);
+
+/* ---- dtypes (core/dtype.c) ---- */
+static inline bool kn__is_float(kn_dtype d) { return d == KN_F32 || d == KN_F64; }
+static inline bool kn__is_int(kn_dtype d) { return d == KN_I32 || d == KN_I64; }
+kn_dtype kn__promote(kn_tensor *const *ts, int n);
+double kn__load(const void *p, kn_dtype dt);
+void kn__store(void *p, kn_dtype dt, double v);
+
+/* ---- strided iteration (eager/iter.c) ---- */
+#define KN_MAX_OPS 4
+/* Inner loop over n elements; ptrs[k] and strides[k] (bytes) per operand, 0 = output. */
+typedef void (*kn_loop_fn)(int64_t n, char **ptrs, const int64_t *strides, const void *params);
+typedef struct {
+    int ndim, nop;
+    int64_t shape[KN_MAX_DIMS];
+    char *base[KN_MAX_OPS];
+    int64_t strides[KN_MAX_OPS][KN_MAX_DIMS]; /* bytes */
+} kn_iter;
+/* Operand k viewed over shape (broadcast dims get stride 0). t->ndim <= ndim. */
+void kn__iter_add(kn_iter *it, const kn_tensor *t);
+void kn__iter_run(kn_iter *it, kn_loop_fn fn, const void *params, int64_t grain);
+/* dst[i] = src[i] with dtype conversion; shapes must broadcast src -> dst. */
+void kn__copy(kn_tensor *dst, const kn_tensor *src);
+/* Broadcast shape of a and b into out; false if incompatible. */
+bool kn__broadcast_shape(const int64_t *a, int na, const int64_t *b, int nb,
+                         int64_t *out, int *nout);
+
+/* ---- threads (backends/cpu/threadpool.c) ---- */
+typedef void (*kn_range_fn)(void *ctx, int64_t begin, int64_t end);
+/* Splits [0, n) across the pool when n >= 2 * grain; runs inline otherwise. */
+void kn__parallel_for(int64_t n, int64_t grain, kn_range_fn fn, void *ctx);
+
+/* ---- random (core/philox.c) ---- */
+/* Reserves n 32-bit draws from the global stream; returns (seed, offset). */
+void kn__philox_reserve(uint64_t n, uint64_t *seed, uint64_t *offset);
+void kn__philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]);
+
+#endif

@@ -1,0 +1,148 @@
+/* Optimizers, written with kn_ ops and in-place updates under no-grad, so a
+ * traced training step records them like any other op. */
+#include "../core/internal.h"
+#include <math.h>
+#include <stdlib.h>
+
+typedef enum { OPT_SGD, OPT_ADAM, OPT_ADAMW } opt_kind;
+
+struct kn_optim {
+    opt_kind kind;
+    int n;
+    kn_tensor **params;      /* retained */
+    kn_tensor **m, **v;      /* per-parameter state (momentum buffer / moments), owned */
+    double lr, b1, b2, eps, wd, momentum;
+    bool nesterov;
+    int64_t t;               /* steps taken */
+};
+
+static kn_optim *optim_new(opt_kind kind, kn_tensor *const *params, int n, double lr) {
+    const char *op = kind == OPT_SGD ? "kn_sgd_new" : kind == OPT_ADAM ? "kn_adam_new" : "kn_adamw_new";
+    if (!params && n > 0) return kn__null_arg(op);
+    if (n < 0 || !(lr >= 0)) return kn__error("%s: bad arguments (n %d, lr %g)", op, n, lr);
+    for (int i = 0; i < n; i++) {
+        if (!params[i]) return kn__null_arg(op);
+        if (!kn_requires_grad(params[i]) || !kn_is_leaf(params[i]))
+            return kn__error("%s: parameter %d is not a leaf that requires grad", op, i);
+    }
+    kn_optim *o = calloc(1, sizeof *o);
+    if (o) {
+        o->params = calloc((size_t)n + 1, sizeof *o->params);
+        o->m = calloc((size_t)n + 1, sizeof *o->m);
+        o->v = calloc((size_t)n + 1, sizeof *o->v);
+    }
+    if (!o || !o->params || !o->m || !o->v) {
+        kn_optim_free(o);
+        return kn__error("%s: out of memory", op);
+    }
+    o->kind = kind;
+    o->n = n;
+    o->lr = lr;
+    for (int i = 0; i < n; i++) o->params[i] = kn_retain(params[i]);
+    return o;
+}
+
+kn_optim *kn_sgd_new(kn_tensor *const *params, int n, double lr, double momentum,
+                     double weight_decay, bool nesterov) {
+    if (nesterov && momentum <= 0)
+        return kn__error("kn_sgd_new: nesterov needs a positive momentum");
+    kn_optim *o = optim_new(OPT_SGD, params, n, lr);
+    if (o) {
+        o->momentum = momentum;
+        o->wd = weight_decay;
+        o->nesterov = nesterov;
+    }
+    return o;
+}
+
+static kn_optim *adam_new(opt_kind kind, kn_tensor *const *params, int n, double lr, double b1,
+                          double b2, double eps, double wd) {
+    if (!(b1 >= 0 && b1 < 1 && b2 >= 0 && b2 < 1 && eps >= 0))
+        return kn__error("%s: bad betas (%g, %g) or eps %g", kind == OPT_ADAM ? "kn_adam_new" : "kn_adamw_new",
+                         b1, b2, eps);
+    kn_optim *o = optim_new(kind, params, n, lr);
+    if (o) {
+        o->b1 = b1;
+        o->b2 = b2;
+        o->eps = eps;
+        o->wd = wd;
+    }
+    return o;
+}
+
+kn_optim *kn_adam_new(kn_tensor *const *params, int n, double lr, double beta1, double beta2,
+                      double eps, double weight_decay) {
+    return adam_new(OPT_ADAM, params, n, lr, beta1, beta2, eps, weight_decay);
+}
+
+kn_optim *kn_adamw_new(kn_tensor *const *params, int n, double lr, double beta1, double beta2,
+                       double eps, double weight_decay) {
+    return adam_new(OPT_ADAMW, params, n, lr, beta1, beta2, eps, weight_decay);
+}
+
+/* A zero state tensor shaped like p, owned by the optimizer. */
+static kn_tensor *state_like(kn_tensor *p) { return kn_keep(kn_zeros(p->shape, p->ndim, p->dtype)); }
+
+static int sgd_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
+    if (o->wd != 0) g = kn_add(g, kn_mul_scalar(p, o->wd));
+    if (o->momentum != 0) {
+        if (!o->m[i]) {  /* PyTorch starts the buffer at the first gradient */
+            if (!(o->m[i] = state_like(p)) || kn_copy_(o->m[i], g) != 0) return -1;
+        } else if (kn_mul_scalar_(o->m[i], o->momentum) != 0 || kn_add_(o->m[i], g) != 0) {
+            return -1;
+        }
+        g = o->nesterov ? kn_add(g, kn_mul_scalar(o->m[i], o->momentum)) : o->m[i];
+    }
+    return kn_sub_(p, kn_mul_scalar(g, o->lr));
+}
+
+/* PyTorch's Adam: m, v moments; step = lr / (1 - b1^t); denom = sqrt(v) /
+ * sqrt(1 - b2^t) + eps. AdamW decays the weight before the step. */
+static int adam_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
+    if (!o->m[i] && (!(o->m[i] = state_like(p)) || !(o->v[i] = state_like(p)))) return -1;
+    if (o->kind == OPT_ADAMW && o->wd != 0 && kn_mul_scalar_(p, 1 - o->lr * o->wd) != 0) return -1;
+    if (o->kind == OPT_ADAM && o->wd != 0) g = kn_add(g, kn_mul_scalar(p, o->wd));
+    if (kn_mul_scalar_(o->m[i], o->b1) != 0 || kn_add_(o->m[i], kn_mul_scalar(g, 1 - o->b1)) != 0 ||
+        kn_mul_scalar_(o->v[i], o->b2) != 0 || kn_add_(o->v[i], kn_mul_scalar(kn_mul(g, g), 1 - o->b2)) != 0)
+        return -1;
+    double bc1 = 1 - pow(o->b1, (double)o->t), bc2 = 1 - pow(o->b2, (double)o->t);
+    kn_tensor *denom = kn_add_scalar(kn_div_scalar(kn_sqrt(o->v[i]), sqrt(bc2)), o->eps);
+    return kn_sub_(p, kn_mul_scalar(kn_div(o->m[i], denom), o->lr / bc1));
+}
+
+int kn_optim_step(kn_optim *o) {
+    if (!o) return kn__null_arg("kn_optim_step"), -1;
+    int rc = 0;
+    o->t++;
+    kn_no_grad_begin();
+    for (int i = 0; i < o->n && rc == 0; i++) {
+        kn_tensor *p = o->params[i], *g = kn_grad(p);
+        if (!g) continue;  /* no gradient this step: leave it, as PyTorch does */
+        kn_pool_push();
+        rc = o->kind == OPT_SGD ? sgd_step(o, i, p, g) : adam_step(o, i, p, g);
+        kn_pool_pop();
+    }
+    kn_no_grad_end();
+    return rc;
+}
+
+void kn_optim_zero_grad(kn_optim *o) {
+    for (int i = 0; o && i < o->n; i++) kn_zero_grad(o->params[i]);
+}
+
+void kn_optim_set_lr(kn_optim *o, double lr) {
+    if (o) o->lr = lr;
+}
+
+void kn_optim_free(kn_optim *o) {
+    if (!o) return;
+    for (int i = 0; i < o->n; i++) {
+        if (o->params) kn_release(o->params[i]);
+        if (o->m) kn_release(o->m[i]);
+        if (o->v) kn_release(o->v[i]);
+    }
+    free(o->params);
+    free(o->m);
+    free(o->v);
+    free(o);
+}

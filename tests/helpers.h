@@ -1,0 +1,21 @@
+/* Shared test utilities: .npy loading and tensor comparison. */
+#ifndef KN_TEST_HELPERS_H
+#define KN_TEST_HELPERS_H
+#include <criterion/criterion.h>
+#include <kiln.h>
+
+/* Loads a .npy file (f4, f8, i8, u1/b1 -> bool) as a new tensor; NULL if missing. */
+kn_tensor *load_npy(const char *path);
+/* Loads <KN_TESTDATA>/<name>.npy */
+kn_tensor *golden(const char *name);
+/* Asserts same shape and |got - want| <= atol + rtol * |want| elementwise (NaNs must match). */
+void assert_close(const kn_tensor *got, const kn_tensor *want, double rtol, double atol);
+/* Asserts bitwise equality of values (same dtype and shape). */
+void assert_equal(const kn_tensor *got, const kn_tensor *want);
+/* Element i (C order) of t as double. */
+double at(const kn_tensor *t, int64_t i);
+/* A new f32 / f64 tensor from a literal list. */
+#define TF32(shape_ndim, ...) kn_from_data((const float[]){__VA_ARGS__}, shape_ndim, KN_F32)
+#define TF64(shape_ndim, ...) kn_from_data((const double[]){__VA_ARGS__}, shape_ndim, KN_F64)
+#define TI64(shape_ndim, ...) kn_from_data((const int64_t[]){__VA_ARGS__}, shape_ndim, KN_I64)
+#endif
