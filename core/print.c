@@ -9,21 +9,26 @@
 typedef struct { char *s; size_t n, cap; bool oom; } sbuf;
 
 static void put(sbuf *b, const char *fmt, ...) {
-    va_list ap;
+    va_list ap, ap2;
     va_start(ap, fmt);
-    char tmp[64];
-    int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_copy(ap2, ap);
+    int k = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (k < 0 || b->oom) return;
-    if (b->n + (size_t)k + 1 > b->cap) {
+    if (k >= 0 && !b->oom && b->n + (size_t)k + 1 > b->cap) {
         size_t cap = (b->cap + (size_t)k + 1) * 2;
         char *s = realloc(b->s, cap);
-        if (!s) { b->oom = true; return; }
-        b->s = s;
-        b->cap = cap;
+        if (s) {
+            b->s = s;
+            b->cap = cap;
+        } else {
+            b->oom = true;
+        }
     }
-    memcpy(b->s + b->n, tmp, (size_t)k + 1);
-    b->n += (size_t)k;
+    if (k >= 0 && !b->oom) {
+        vsnprintf(b->s + b->n, (size_t)k + 1, fmt, ap2);
+        b->n += (size_t)k;
+    }
+    va_end(ap2);
 }
 
 typedef struct { const kn_tensor *t; bool summarize, sci; int prec; } fmt_ctx;
@@ -80,12 +85,7 @@ char *kn_to_string(const kn_tensor *t) {
     if (t->ndim == 0) put_value(&b, &c, kn__ptr(t));
     else put_dim(&b, &c, 0, kn__ptr(t), 7);
     char sb[KN_SHAPE_BUF];
-    put(&b, ", shape=");
-    if (!b.oom) {  /* shapes can be longer than put's 64-byte chunk */
-        kn__shape_str(t->shape, t->ndim, sb);
-        for (char *q = sb; *q; q += 32) put(&b, "%.32s", q);
-    }
-    put(&b, ", dtype=%s)", kn_dtype_name(t->dtype));
+    put(&b, ", shape=%s, dtype=%s)", kn__shape_str(t->shape, t->ndim, sb), kn_dtype_name(t->dtype));
     if (b.oom) {
         free(b.s);
         return kn__error("kn_to_string: out of memory");

@@ -153,8 +153,10 @@ static kn_tensor *tensor_new(kn_storage *s, kn_dtype dt, const int64_t *shape,
     atomic_init(&t->refcount, 1);
     t->dtype = dt;
     t->ndim = ndim;
-    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
-    memcpy(t->strides, strides, (size_t)ndim * sizeof *strides);
+    if (ndim > 0) {  /* a 0-dim tensor may come with NULL arrays */
+        memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+        memcpy(t->strides, strides, (size_t)ndim * sizeof *strides);
+    }
     t->offset = offset;
     t->storage = s;
     atomic_fetch_add(&live_tensors, 1);
