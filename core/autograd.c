@@ -53,6 +53,7 @@ void kn__node_release(kn_node *n) {
     for (int i = 0; i < n->nin; i++) kn_release(n->in[i]);
     kn_release(n->out);
     free(n->in);
+    free(n->in_version);
     free(n);
 }
 

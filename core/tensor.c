@@ -241,9 +241,9 @@ void *kn_data(const kn_tensor *t) { return t ? kn__ptr(t) : NULL; }
 
 bool kn_is_contiguous(const kn_tensor *t) {
     if (!t) return false;
+    if (kn__numel(t->shape, t->ndim) == 0) return true;
     int64_t s = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
-        if (t->shape[i] == 0) return true;
         if (t->shape[i] != 1 && t->strides[i] != s) return false;
         s *= t->shape[i];
     }

@@ -1,14 +1,16 @@
 /* Eager nn primitives: matmul and linear (one gemm per matrix, strided views
- * handed to the gemm as they are), softmax, log_softmax and layer_norm. */
-#include "../core/internal.h"
+ * handed to the gemm as they are), softmax, log_softmax and layer_norm. Each
+ * records its autograd node; the rules are in core/derivatives.c. */
+#include "../core/autograd.h"
 #include "../core/scalar.h"
 #include "../backends/cpu/onednn.h"
 #include <math.h>
 #include <string.h>
 
-/* x as a dense tensor of dtype dt: x itself (retained) when it already is. */
+/* x as a dense tensor of dtype dt, or x itself when it already is one: a
+ * temporary either way, for kn__drop. */
 static kn_tensor *dense(kn_tensor *x, kn_dtype dt) {
-    if (x->dtype == dt && kn_is_contiguous(x)) return kn_retain(x);
+    if (x->dtype == dt && kn_is_contiguous(x)) return kn__ret(x);
     kn_tensor *d = kn__alloc(x->shape, x->ndim, dt);
     if (d) kn__copy(d, x);
     return d;
@@ -19,7 +21,7 @@ static kn_tensor *dense(kn_tensor *x, kn_dtype dt) {
 /* One side of a product: batch dims, then a rows x cols matrix that the gemm
  * reads row-major (trans false) or column-major (trans true) with stride ld. */
 typedef struct {
-    kn_tensor *t;  /* owned: the argument retained, or a converted copy */
+    kn_tensor *t;  /* temporary: the argument itself, or a converted copy */
     int nb;
     int64_t bshape[KN_MAX_DIMS], bstride[KN_MAX_DIMS];
     int64_t rows, cols, ld;
@@ -66,11 +68,11 @@ static bool describe(operand *o, bool as_row) {
 
 /* o from x converted to dt; copied dense only when the gemm cannot read it. */
 static bool prepare(operand *o, kn_tensor *x, kn_dtype dt, bool as_row) {
-    o->t = x->dtype == dt ? kn_retain(x) : dense(x, dt);
+    o->t = x->dtype == dt ? kn__ret(x) : dense(x, dt);
     if (!o->t) return false;
     if (describe(o, as_row)) return true;
     kn_tensor *d = dense(o->t, dt);
-    kn_release(o->t);
+    kn__drop(o->t);
     o->t = d;
     return d && describe(o, as_row);
 }
@@ -177,19 +179,20 @@ static kn_tensor *matmul_impl(const char *op, kn_tensor *x, kn_tensor *y, kn_ten
     }
     if (run_batches(op, dt, &a, &b, shape, nb, out, bd != NULL) == 0) goto done;
 fail:
-    kn_release(out);
+    kn__drop(out);
     out = NULL;
 done:
-    kn_release(bd);
-    kn_release(a.t);
-    kn_release(b.t);
+    kn__drop(bd);
+    kn__drop(a.t);
+    kn__drop(b.t);
     return out;
 }
 
 kn_tensor *kn_matmul(kn_tensor *a, kn_tensor *b) {
     KN_CHECK("kn_matmul", a);
     KN_CHECK("kn_matmul", b);
-    return matmul_impl("kn_matmul", a, b, NULL, b);
+    kn_tensor *out = matmul_impl("kn_matmul", a, b, NULL, b);
+    return kn__record(KN_OP_matmul, out, (kn_tensor *[]){a, b}, 2, NULL);
 }
 
 kn_tensor *kn_linear(kn_tensor *x, kn_tensor *w, kn_tensor *b) {
@@ -212,8 +215,8 @@ kn_tensor *kn_linear(kn_tensor *x, kn_tensor *w, kn_tensor *b) {
     kn_tensor *wt = kn__view(w, shape, strides, 2, w->offset);
     if (!wt) return NULL;
     kn_tensor *y = matmul_impl("kn_linear", x, wt, b, w);
-    kn_release(wt);
-    return y;
+    kn__drop(wt);
+    return kn__record(KN_OP_linear, y, (kn_tensor *[]){x, w, b}, 3, NULL);
 }
 
 /* ---- softmax and log_softmax ---- */
@@ -359,8 +362,9 @@ static kn_tensor *softmax_impl(const char *op, kn_tensor *x, int dim, bool log) 
                              &j);
         }
     }
-    kn_release(xd);
-    return out;
+    kn__drop(xd);
+    kn_params p = {.i = {d}};
+    return kn__record(log ? KN_OP_log_softmax : KN_OP_softmax, out, &x, 1, &p);
 }
 
 kn_tensor *kn_softmax(kn_tensor *x, int dim) { return softmax_impl("kn_softmax", x, dim, false); }
@@ -447,8 +451,9 @@ kn_tensor *kn_layer_norm(kn_tensor *x, int normalized_ndim, kn_tensor *w, kn_ten
                          dt == KN_F32 ? layer_norm_rows_f32 : layer_norm_rows_f64, &j);
     }
 done:
-    kn_release(xd);
-    kn_release(wd);
-    kn_release(bd);
-    return out;
+    kn__drop(xd);
+    kn__drop(wd);
+    kn__drop(bd);
+    kn_params p = {.i = {nn}, .d = {eps}};
+    return kn__record(KN_OP_layer_norm, out, (kn_tensor *[]){x, w, b}, 3, &p);
 }

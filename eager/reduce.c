@@ -47,9 +47,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KT 256               /* outputs per column tile */
+#define KT 1024              /* outputs per column tile: 4 KiB rows of f32 */
 #define ROW_BLK 4096         /* elements per block of a row */
-#define COL_BLK 16384        /* elements per block of a column tile */
+#define COL_BLK 16384        /* elements per block of a column tile, */
+#define COL_MIN_ROWS 64      /* but at least this many steps */
 #define SHORT_R 16           /* K == 1 and R <= SHORT_R: short rows */
 #define GRAIN (1 << 15)      /* elements per thread chunk, at least */
 
@@ -423,7 +424,7 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
  * in order as they come. */
 static void tiles_fn(void *ctx, int64_t begin, int64_t end) {
     const job *j = ctx;
-    acc_t st[KT], p[KT];
+    acc_t st[KT], p[KT];  /* 64 KiB of stack; the kernels add up to 40 KiB */
     for (int64_t it = begin; it < end; it++) {
         int64_t o = it / j->ntiles, k0 = it % j->ntiles * j->kt;
         int64_t kw = min64(j->K - k0, j->kt);
@@ -468,7 +469,7 @@ static int run_job(job *j, kn_dtype dt) {
     j->kt = row ? 1 : KT;
     j->ntiles = (j->K + j->kt - 1) / j->kt;
     int64_t kw = min64(j->K, j->kt);
-    j->blk = row ? ROW_BLK : (COL_BLK / kw > 0 ? COL_BLK / kw : 1);
+    j->blk = row ? ROW_BLK : COL_BLK / kw > COL_MIN_ROWS ? COL_BLK / kw : COL_MIN_ROWS;
     j->nb = (j->R + j->blk - 1) / j->blk;
     int64_t tiles = j->O * j->ntiles;
     /* Either mode gives the same bits; blocks mode only adds parallelism. */

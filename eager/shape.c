@@ -1,15 +1,33 @@
 /* Views (transpose, permute, slice, expand, squeeze, unsqueeze, reshape) share
  * their input's storage; contiguous, cat, stack, gather and index_select copy.
- * Every op accepts arbitrary strided inputs. */
-#include "../core/internal.h"
+ * Every op accepts arbitrary strided inputs. For autograd, transpose records
+ * as permute, squeeze/unsqueeze as reshape, and stack as unsqueeze + cat. */
+#include "../core/autograd.h"
 #include <stdlib.h>
 #include <string.h>
 
 #define GRAIN (1 << 15)            /* elements per task for element loops */
 #define GRAIN_BYTES (1 << 16)      /* bytes per task for memcpy loops */
 
-static kn_tensor *same_view(kn_tensor *x) {
-    return kn__view(x, x->shape, x->strides, x->ndim, x->offset);
+/* A view of x recorded for autograd as a reshape (the gradient is g reshaped). */
+static kn_tensor *shape_view(kn_tensor *x, const int64_t *shape, const int64_t *strides, int ndim) {
+    kn_tensor *v = kn__view(x, shape, strides, ndim, x->offset);
+    return kn__record(KN_OP_reshape, v, &x, 1, NULL);
+}
+
+static kn_tensor *same_view(kn_tensor *x) { return shape_view(x, x->shape, x->strides, x->ndim); }
+
+/* A permuted view (perm already checked), recorded as permute. */
+static kn_tensor *permuted(kn_tensor *x, const int *perm) {
+    int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
+    kn_params p = {0};
+    for (int i = 0; i < x->ndim; i++) {
+        shape[i] = x->shape[perm[i]];
+        strides[i] = x->strides[perm[i]];
+        p.i[i] = perm[i];
+    }
+    kn_tensor *v = kn__view(x, shape, strides, x->ndim, x->offset);
+    return kn__record(KN_OP_permute, v, &x, 1, &p);
 }
 
 /* False (with an error) when shape's element count overflows int64. */
@@ -32,12 +50,10 @@ kn_tensor *kn_transpose(kn_tensor *x, int d0, int d1) {
     if ((d0 = kn__dim("kn_transpose", d0, x->ndim)) < 0) return NULL;
     if ((d1 = kn__dim("kn_transpose", d1, x->ndim)) < 0) return NULL;
     if (x->ndim == 0) return same_view(x);
-    int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
-    memcpy(shape, x->shape, sizeof shape);
-    memcpy(strides, x->strides, sizeof strides);
-    shape[d0] = x->shape[d1], shape[d1] = x->shape[d0];
-    strides[d0] = x->strides[d1], strides[d1] = x->strides[d0];
-    return kn__view(x, shape, strides, x->ndim, x->offset);
+    int perm[KN_MAX_DIMS];
+    for (int i = 0; i < x->ndim; i++) perm[i] = i;
+    perm[d0] = d1, perm[d1] = d0;
+    return permuted(x, perm);
 }
 
 kn_tensor *kn_permute(kn_tensor *x, const int *perm, int ndim) {
@@ -45,7 +61,7 @@ kn_tensor *kn_permute(kn_tensor *x, const int *perm, int ndim) {
     if (ndim != x->ndim)
         return kn__error("kn_permute: %d dims given for a %d-dim tensor", ndim, x->ndim);
     if (ndim > 0 && !perm) return kn__null_arg("kn_permute");
-    int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
+    int p[KN_MAX_DIMS];
     bool seen[KN_MAX_DIMS] = {0};
     for (int i = 0; i < ndim; i++) {
         int d = kn__dim("kn_permute", perm[i], ndim);
@@ -54,10 +70,9 @@ kn_tensor *kn_permute(kn_tensor *x, const int *perm, int ndim) {
             return kn__error("kn_permute: dim %d appears twice (perm must list each of 0..%d once)",
                              perm[i], ndim - 1);
         seen[d] = true;
-        shape[i] = x->shape[d];
-        strides[i] = x->strides[d];
+        p[i] = d;
     }
-    return kn__view(x, shape, strides, ndim, x->offset);
+    return permuted(x, p);
 }
 
 kn_tensor *kn_slice(kn_tensor *x, int dim, int64_t start, int64_t stop, int64_t step) {
@@ -78,7 +93,8 @@ kn_tensor *kn_slice(kn_tensor *x, int dim, int64_t start, int64_t stop, int64_t 
     shape[dim] = len;
     /* A huge step only matters when len > 1, and then it cannot overflow. */
     if (__builtin_mul_overflow(x->strides[dim], step, &strides[dim])) strides[dim] = x->strides[dim];
-    return kn__view(x, shape, strides, x->ndim, x->offset + start * x->strides[dim]);
+    kn_tensor *v = kn__view(x, shape, strides, x->ndim, x->offset + start * x->strides[dim]);
+    return kn__record(KN_OP_slice, v, &x, 1, &(kn_params){.i = {dim, start, step}});
 }
 
 /* PyTorch expand: new leading dims, -1 keeps a size, only size-1 dims grow. */
@@ -114,7 +130,7 @@ static kn_tensor *expand(const char *op, kn_tensor *x, const int64_t *shape, int
         }
     }
     if (!numel_fits(op, nshape, ndim)) return NULL;
-    return kn__view(x, nshape, nstrides, ndim, x->offset);
+    return kn__record(KN_OP_expand, kn__view(x, nshape, nstrides, ndim, x->offset), &x, 1, NULL);
 }
 
 kn_tensor *kn_expand(kn_tensor *x, const int64_t *shape, int ndim) {
@@ -134,7 +150,7 @@ kn_tensor *kn_squeeze(kn_tensor *x, int dim) {
         if (i == dim) continue;
         shape[k] = x->shape[i], strides[k++] = x->strides[i];
     }
-    return kn__view(x, shape, strides, x->ndim - 1, x->offset);
+    return shape_view(x, shape, strides, x->ndim - 1);
 }
 
 /* Geometry of x with a size-1 dim inserted at dim (already in [0, ndim]). Its
@@ -169,7 +185,7 @@ kn_tensor *kn_unsqueeze(kn_tensor *x, int dim) {
     if ((dim = new_dim("kn_unsqueeze", dim, x->ndim)) < 0) return NULL;
     int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
     insert_dim(x, dim, shape, strides);
-    return kn__view(x, shape, strides, x->ndim + 1, x->offset);
+    return shape_view(x, shape, strides, x->ndim + 1);
 }
 
 /* ---- reshape and contiguous ---- */
@@ -253,14 +269,14 @@ kn_tensor *kn_reshape(kn_tensor *x, const int64_t *shape, int ndim) {
         bool same = ndim == x->ndim && !memcmp(nshape, x->shape, (size_t)ndim * sizeof *nshape);
         if (same) memcpy(nst, x->strides, sizeof nst);
         else kn__contig_strides(nshape, ndim, nst);
-        return kn__view(x, nshape, nst, ndim, x->offset);
+        return shape_view(x, nshape, nst, ndim);
     }
-    if (view_strides(x, nshape, ndim, nst)) return kn__view(x, nshape, nst, ndim, x->offset);
+    if (view_strides(x, nshape, ndim, nst)) return shape_view(x, nshape, nst, ndim);
     kn_tensor *out = kn__alloc(nshape, ndim, x->dtype);
     if (!out) return NULL;
     kn_tensor h = reshaped_header(out, x);
     kn__copy(&h, x);
-    return out;
+    return kn__record(KN_OP_reshape, out, &x, 1, NULL);
 }
 
 kn_tensor *kn_contiguous(kn_tensor *x) {
@@ -268,7 +284,7 @@ kn_tensor *kn_contiguous(kn_tensor *x) {
     if (kn_is_contiguous(x)) return kn__ret(x);
     kn_tensor *out = kn__alloc(x->shape, x->ndim, x->dtype);
     if (out) kn__copy(out, x);
-    return out;
+    return kn__record(KN_OP_contiguous, out, &x, 1, NULL);
 }
 
 /* ---- cat and stack ---- */
@@ -367,7 +383,8 @@ kn_tensor *kn_cat(kn_tensor *const *xs, int n, int dim) {
             return kn__error("kn_cat: size along dim %d overflows", dim);
     }
     kn_tensor *out = kn__alloc(shape, r->ndim, kn__promote(xs, n));
-    return out ? cat_into("kn_cat", out, xs, n, dim) : NULL;
+    if (out) out = cat_into("kn_cat", out, xs, n, dim);
+    return kn__record(KN_OP_cat, out, xs, n, &(kn_params){.i = {dim}});
 }
 
 kn_tensor *kn_stack(kn_tensor *const *xs, int n, int dim) {
@@ -383,31 +400,17 @@ kn_tensor *kn_stack(kn_tensor *const *xs, int n, int dim) {
                              i, kn__shape_str(xs[i]->shape, xs[i]->ndim, b0),
                              kn__shape_str(r->shape, r->ndim, b1));
     if ((dim = new_dim("kn_stack", dim, r->ndim)) < 0) return NULL;
-    int64_t shape[KN_MAX_DIMS], strides[KN_MAX_DIMS];
-    insert_dim(r, dim, shape, strides);
-    if (__builtin_mul_overflow(shape[dim], (int64_t)n, &shape[dim]) ||
-        !numel_fits("kn_stack", shape, r->ndim + 1))
-        return kn__error("kn_stack: %d tensors of shape %s are too many", n,
-                         kn__shape_str(r->shape, r->ndim, b0));
-    /* Stack headers of each input with the new dim: cat without refcounts. */
-    kn_tensor *hs = malloc((size_t)n * sizeof *hs);
-    kn_tensor **ps = malloc((size_t)n * sizeof *ps);
+    /* Unsqueezed views, then cat: the views carry autograd for free. */
+    kn_tensor **vs = calloc((size_t)n, sizeof *vs);
+    if (!vs) return kn__error("kn_stack: out of memory");
     kn_tensor *out = NULL;
-    if (!hs || !ps) {
-        kn__error("kn_stack: out of memory");
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        hs[i] = *xs[i];
-        insert_dim(xs[i], dim, hs[i].shape, hs[i].strides);
-        hs[i].ndim = r->ndim + 1;
-        ps[i] = &hs[i];
-    }
-    out = kn__alloc(shape, r->ndim + 1, kn__promote(xs, n));
-    if (out) out = cat_into("kn_stack", out, ps, n, dim);
+    int made = 0;
+    for (; made < n; made++)
+        if (!(vs[made] = kn_unsqueeze(xs[made], dim))) goto done;
+    out = kn_cat(vs, n, dim);
 done:
-    free(hs);
-    free(ps);
+    for (int i = 0; i < made; i++) kn__drop(vs[i]);
+    free(vs);
     return out;
 }
 
@@ -510,7 +513,7 @@ kn_tensor *kn_gather(kn_tensor *x, int dim, kn_tensor *index) {
         kn__drop(out);
         return NULL;
     }
-    return out;
+    return kn__record(KN_OP_gather, out, (kn_tensor *[]){x, index}, 2, &(kn_params){.i = {dim}});
 }
 
 static int64_t index_at(const kn_tensor *index, int64_t j) {
@@ -560,22 +563,25 @@ kn_tensor *kn_index_select(kn_tensor *x, int dim, kn_tensor *index) {
     memcpy(shape, x->shape, sizeof shape);
     if (x->ndim) shape[dim] = k;
     kn_tensor *out = kn__alloc(shape, x->ndim, x->dtype);
-    if (!out || kn_numel(out) == 0) return out;
+    if (!out) return NULL;
     size_t esz = kn_dtype_size(x->dtype);
     int64_t row = (int64_t)esz * kn__numel(x->shape + dim + 1, x->ndim - dim - 1);
-    if (x->ndim && kn_is_contiguous(x) && row >= 64) {
+    if (kn_numel(out) == 0) {
+        /* nothing to copy */
+    } else if (x->ndim && kn_is_contiguous(x) && row >= 64) {
         isel_ctx c = {x, index, kn__ptr(out), k, size, row};
         int64_t rows = kn_numel(out) * (int64_t)esz / row;
         kn__parallel_for(rows, GRAIN_BYTES / row + 1, isel_range, &c);
-        return out;
+    } else {
+        /* General strides: gather with the index spread along dim. */
+        kn_tensor ih = *index;
+        ih.ndim = out->ndim;
+        for (int d = 0; d < out->ndim; d++) {
+            ih.shape[d] = d == dim ? k : 1;
+            ih.strides[d] = d == dim && index->ndim ? index->strides[0] : 0;
+        }
+        run_gather("kn_index_select", out, x, &ih, dim);
     }
-    /* General strides: gather with the index spread along dim. */
-    kn_tensor ih = *index;
-    ih.ndim = out->ndim;
-    for (int d = 0; d < out->ndim; d++) {
-        ih.shape[d] = d == dim ? k : 1;
-        ih.strides[d] = d == dim && index->ndim ? index->strides[0] : 0;
-    }
-    run_gather("kn_index_select", out, x, &ih, dim);
-    return out;
+    return kn__record(KN_OP_index_select, out, (kn_tensor *[]){x, index}, 2,
+                      &(kn_params){.i = {dim}});
 }

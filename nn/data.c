@@ -33,6 +33,10 @@ static size_t idx_esize(int type) {
     }
 }
 
+static uint32_t be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
 /* Reads up to n bytes; the count read, or -1 on a read or zlib error. */
 static int64_t gz_read(gzFile f, void *buf, size_t n) {
     size_t got = 0;
@@ -146,8 +150,7 @@ static bool idx_read(const char *op, const char *path, idx_file *idx) {
     int64_t n = 1, max = IDX_MAX_BYTES / (int64_t)idx->esize;
     bool huge = false;
     for (int i = 0; i < idx->ndim; i++) {
-        const unsigned char *p = h + 4 + 4 * i;
-        idx->shape[i] = (int64_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3];
+        idx->shape[i] = be32(h + 4 + 4 * i);
         if (idx->shape[i] && n > max / idx->shape[i]) huge = true;
         else n *= idx->shape[i];
     }
@@ -164,7 +167,7 @@ out:
     return ok;
 }
 
-/* Big-endian element i of the payload as a double (exact for every type). */
+/* Payload elements [start, start + n) as doubles (exact for every IDX type). */
 static void decode(const idx_file *idx, int64_t start, int64_t n, double *out) {
     const unsigned char *p = idx->data + (size_t)start * idx->esize;
     switch (idx->type) {
@@ -173,22 +176,18 @@ static void decode(const idx_file *idx, int64_t start, int64_t n, double *out) {
     case 0x0B:
         for (int64_t i = 0; i < n; i++, p += 2) out[i] = (int16_t)(uint16_t)(p[0] << 8 | p[1]);
         break;
-    case 0x0C: case 0x0D:
+    case 0x0C: for (int64_t i = 0; i < n; i++, p += 4) out[i] = (int32_t)be32(p); break;
+    case 0x0D:
         for (int64_t i = 0; i < n; i++, p += 4) {
-            uint32_t u = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-            if (idx->type == 0x0C) {
-                out[i] = (int32_t)u;
-            } else {
-                float v;
-                memcpy(&v, &u, 4);
-                out[i] = v;
-            }
+            uint32_t u = be32(p);
+            float v;
+            memcpy(&v, &u, 4);
+            out[i] = v;
         }
         break;
     default: /* 0x0E */
         for (int64_t i = 0; i < n; i++, p += 8) {
-            uint64_t u = 0;
-            for (int k = 0; k < 8; k++) u = u << 8 | p[k];
+            uint64_t u = (uint64_t)be32(p) << 32 | be32(p + 4);
             double v;
             memcpy(&v, &u, 8);
             out[i] = v;

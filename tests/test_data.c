@@ -15,21 +15,29 @@ static char dir[64];
 static void setup(void) {
     kn_clear_error();
     live0 = kn_live_tensors();
-    strcpy(dir, "/tmp/kiln-data-XXXXXX");
-    cr_assert(mkdtemp(dir), "mkdtemp failed");
+    dir[0] = 0;
     kn_pool_push();
+}
+
+/* The test's scratch directory, made on first use. */
+static const char *tdir(void) {
+    if (!dir[0]) {
+        strcpy(dir, "/tmp/kiln-data-XXXXXX");
+        cr_assert(mkdtemp(dir), "mkdtemp failed");
+    }
+    return dir;
 }
 
 static void teardown(void) {
     kn_pool_pop();
-    DIR *d = opendir(dir);
+    DIR *d = dir[0] ? opendir(dir) : NULL;
     for (struct dirent *e; d && (e = readdir(d));) {
         char p[512];
         snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         if (e->d_name[0] != '.') unlink(p);
     }
     if (d) closedir(d);
-    rmdir(dir);
+    if (dir[0]) rmdir(dir);
     cr_assert_eq(kn_live_tensors(), live0);
 }
 TestSuite(data, .init = setup, .fini = teardown);
@@ -41,7 +49,7 @@ static const char *tpath(const char *name) {
     static char bufs[4][512];
     static int k;
     char *p = bufs[k++ % 4];
-    snprintf(p, 512, "%s/%s", dir, name);
+    snprintf(p, 512, "%s/%s", tdir(), name);
     return p;
 }
 
@@ -207,7 +215,7 @@ static void expect_bad(const char *p, const char *what) {
 
 Test(data, missing_file) {
     expect_bad(tpath("nope.gz"), "cannot open");
-    expect_bad(dir, NULL);  /* a directory */
+    expect_bad(tdir(), NULL);  /* a directory */
 }
 
 Test(data, bad_magic) {
@@ -294,37 +302,37 @@ Test(data, fashion_layout_scaled_images_and_i64_labels) {
     write_set("train", 5, 5, true);
     write_set("t10k", 3, 3, false);
     kn_tensor *x, *y;
-    cr_assert_eq(kn_fashion_mnist(dir, true, &x, &y), 0, "%s", kn_last_error());
+    cr_assert_eq(kn_fashion_mnist(tdir(), true, &x, &y), 0, "%s", kn_last_error());
     assert_shape(x, KN_SHAPE(5, 6));
     assert_shape(y, KN_SHAPE(5));
     cr_assert_eq(kn_dtype_of(x), KN_F32);
     cr_assert_eq(kn_dtype_of(y), KN_I64);
     for (int i = 0; i < 30; i++) cr_assert_eq(at(x, i), (float)(40 * (i / 6) + i % 6) / 255.0f);
     for (int i = 0; i < 5; i++) cr_assert_eq(((int64_t *)kn_data(y))[i], i);
-    cr_assert_eq(kn_fashion_mnist(dir, false, &x, &y), 0, "%s", kn_last_error());
+    cr_assert_eq(kn_fashion_mnist(tdir(), false, &x, &y), 0, "%s", kn_last_error());
     assert_shape(x, KN_SHAPE(3, 6));
     cr_assert_eq(at(x, 17), 85 / 255.0f);
 }
 
 Test(data, fashion_missing_says_how_to_install) {
     kn_tensor *x = (kn_tensor *)1, *y = (kn_tensor *)1;
-    cr_assert_eq(kn_fashion_mnist(dir, true, &x, &y), -1);
+    cr_assert_eq(kn_fashion_mnist(tdir(), true, &x, &y), -1);
     cr_assert(!x && !y);
     assert_error("kn_fashion_mnist", "sudo apt-get install dataset-fashion-mnist");
-    assert_error("train-images-idx3-ubyte", dir);
+    assert_error("train-images-idx3-ubyte", tdir());
 }
 
 Test(data, fashion_counts_and_types_checked) {
     write_set("train", 4, 3, false);
     kn_tensor *x, *y;
-    cr_assert_eq(kn_fashion_mnist(dir, true, &x, &y), -1);
+    cr_assert_eq(kn_fashion_mnist(tdir(), true, &x, &y), -1);
     assert_error("4 images", "3 labels");
     /* i32 labels are not the format */
     write_set("t10k", 2, 2, false);
     const unsigned char b[8] = {0};
     write_idx("t10k-labels-idx1-ubyte", false, 0x0C, 1, (uint32_t[]){2}, b, 8);
     kn_clear_error();
-    cr_assert_eq(kn_fashion_mnist(dir, false, &x, &y), -1);
+    cr_assert_eq(kn_fashion_mnist(tdir(), false, &x, &y), -1);
     assert_error("t10k-labels-idx1-ubyte", "u8 labels");
 }
 

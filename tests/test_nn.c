@@ -596,3 +596,40 @@ Test(nn, layer_norm_errors) {
                "kn_layer_norm: dtype i32 is not supported (expected f32 or f64)");
     EXPECT_ERR(kn_layer_norm(NULL, 1, NULL, NULL, 1e-5), "kn_layer_norm: argument is NULL");
 }
+
+/* ---- autograd recording (rules are tested in test_autograd.c) ---- */
+
+static kn_tensor *g_linear_nobias(void *c, kn_tensor *const *in) { (void)c; return kn_linear(in[0], in[1], NULL); }
+static kn_tensor *g_matmul_t(void *c, kn_tensor *const *in) { (void)c; return kn_matmul(T(in[0]), in[1]); }
+static kn_tensor *g_softmax_last(void *c, kn_tensor *const *in) { (void)c; return kn_softmax(in[0], -1); }
+static kn_tensor *g_log_softmax_mid(void *c, kn_tensor *const *in) { (void)c; return kn_log_softmax(in[0], 1); }
+static kn_tensor *g_layer_norm_bias(void *c, kn_tensor *const *in) {
+    (void)c;
+    return kn_layer_norm(in[0], 2, NULL, in[1], 1e-5);
+}
+
+static kn_tensor *leaf64(const int64_t *shape, int nd) {
+    return kn_set_requires_grad(kn_randn(shape, nd, KN_F64), true);
+}
+
+Test(nn, ops_record_gradients) {
+    kn_tensor *x = leaf64(KN_SHAPE(2, 3, 4)), *w = leaf64(KN_SHAPE(5, 4));
+    cr_assert(kn_requires_grad(kn_linear(x, w, NULL)));
+    cr_assert(kn_requires_grad(kn_softmax(x, 0)));
+    cr_assert(kn_gradcheck(g_linear_nobias, NULL, (kn_tensor *[]){x, w}, 2, 1e-6, 1e-7, 1e-5),
+              "%s", kn_last_error());
+    kn_tensor *a = leaf64(KN_SHAPE(4, 3)), *b = leaf64(KN_SHAPE(4, 2));
+    cr_assert(kn_gradcheck(g_matmul_t, NULL, (kn_tensor *[]){a, b}, 2, 1e-6, 1e-7, 1e-5),
+              "%s", kn_last_error());
+    cr_assert(kn_gradcheck(g_softmax_last, NULL, &x, 1, 1e-6, 1e-7, 1e-5), "%s", kn_last_error());
+    cr_assert(kn_gradcheck(g_log_softmax_mid, NULL, &x, 1, 1e-6, 1e-7, 1e-5), "%s", kn_last_error());
+    kn_tensor *bias = leaf64(KN_SHAPE(3, 4));
+    cr_assert(kn_gradcheck(g_layer_norm_bias, NULL, (kn_tensor *[]){x, bias}, 2, 1e-6, 1e-7, 1e-5),
+              "%s", kn_last_error());
+    /* no grad for plain inputs, and none under no-grad */
+    cr_assert_not(kn_requires_grad(kn_matmul(kn_randn(KN_SHAPE(2, 2), KN_F32),
+                                             kn_randn(KN_SHAPE(2, 2), KN_F32))));
+    kn_no_grad_begin();
+    cr_assert_not(kn_requires_grad(kn_layer_norm(x, 1, NULL, NULL, 1e-5)));
+    kn_no_grad_end();
+}

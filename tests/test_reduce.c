@@ -64,82 +64,103 @@ static double ref_values(rop op, const double *v, int64_t n, int correction) {
     }
 }
 
-/* Reference reduction of x (any layout) as a new f64 tensor of the result's shape. */
-static kn_tensor *ref_reduce(rop op, const kn_tensor *x, const int *dims, int ndims,
-                             bool keepdim, int correction) {
+/* x's values grouped by output: vals[o * R + j] is the j-th element (C order
+ * of the reduced dims) that output o reduces. */
+typedef struct {
+    int64_t nout, R;
+    double *vals;
+    int64_t shape[2][KN_MAX_DIMS];  /* result shape without / with keepdim */
+    int nd[2];
+} groups;
+
+static double load(const char *p, kn_dtype dt) {
+    switch (dt) {
+    case KN_F32: return *(const float *)p;
+    case KN_F64: return *(const double *)p;
+    case KN_I32: return *(const int32_t *)p;
+    case KN_I64: return (double)*(const int64_t *)p;
+    default: return *(const uint8_t *)p;
+    }
+}
+
+static groups group(const kn_tensor *x, const int *dims, int ndims) {
     int nd = kn_ndim(x);
-    const int64_t *sh = kn_shape(x);
+    const int64_t *sh = kn_shape(x), *st = kn_strides(x);
     bool red[KN_MAX_DIMS] = {false};
     if (!dims || ndims == 0)
         for (int d = 0; d < nd; d++) red[d] = true;
     for (int i = 0; dims && i < ndims; i++)
         if (nd > 0) red[dims[i] < 0 ? dims[i] + nd : dims[i]] = true;
-    int64_t oshape[KN_MAX_DIMS], R = 1, nout = 1;
-    int ond = 0;
+    groups g = {.nout = 1, .R = 1};
     for (int d = 0; d < nd; d++) {
-        if (red[d]) R *= sh[d];
-        else nout *= sh[d];
-        if (!red[d]) oshape[ond++] = sh[d];
-        else if (keepdim) oshape[ond++] = 1;
+        if (red[d]) g.R *= sh[d];
+        else g.nout *= sh[d];
+        if (!red[d]) g.shape[0][g.nd[0]++] = sh[d];
+        g.shape[1][g.nd[1]++] = red[d] ? 1 : sh[d];
     }
-    double *out = malloc((size_t)(nout ? nout : 1) * sizeof *out);
-    double *v = malloc((size_t)(R ? R : 1) * sizeof *v);
-    int64_t *cnt = calloc((size_t)(nout ? nout : 1), sizeof *cnt);
-    /* Walk x in C order; element i goes to output o, position cnt[o]. */
-    int64_t n = kn_numel(x);
-    double **buckets = malloc((size_t)(nout ? nout : 1) * sizeof *buckets);
-    for (int64_t o = 0; o < nout; o++) buckets[o] = malloc((size_t)(R ? R : 1) * sizeof(double));
-    for (int64_t i = 0; i < n; i++) {
-        int64_t rem = i, o = 0, mul = 1;
-        for (int d = nd - 1; d >= 0; d--) {
-            int64_t idx = rem % sh[d];
-            rem /= sh[d];
-            if (!red[d]) {
-                o += idx * mul;
-                mul *= sh[d];
-            }
+    g.vals = malloc((size_t)(g.nout * g.R + 1) * sizeof *g.vals);
+    int64_t n = kn_numel(x), idx[KN_MAX_DIMS] = {0};
+    size_t esz = kn_dtype_size(kn_dtype_of(x));
+    const char *base = kn_data(x);
+    for (int64_t i = 0; i < n; i++) {  /* C order over x, by a running multi-index */
+        int64_t o = 0, j = 0, off = 0;
+        for (int d = 0; d < nd; d++) {
+            if (red[d]) j = j * sh[d] + idx[d];
+            else o = o * sh[d] + idx[d];
+            off += idx[d] * st[d];
         }
-        buckets[o][cnt[o]++] = at(x, i);
+        g.vals[o * g.R + j] = load(base + off * (int64_t)esz, kn_dtype_of(x));
+        for (int d = nd - 1; d >= 0 && ++idx[d] == sh[d]; d--) idx[d] = 0;
     }
-    for (int64_t o = 0; o < nout; o++) {
-        out[o] = ref_values(op, buckets[o], R, correction);
-        free(buckets[o]);
+    return g;
+}
+
+static void compare(rop op, const groups *g, kn_tensor *x, kn_tensor *got, int ndims,
+                    bool keepdim, int correction, double rtol, double atol) {
+    cr_assert(got, "%s failed: %s", names[op], kn_last_error() ? kn_last_error() : "?");
+    kn_dtype dt = kn_dtype_of(x);
+    bool integral = dt == KN_I32 || dt == KN_I64 || dt == KN_BOOL;
+    kn_dtype expect = op == ARGMAX || op == ARGMIN ? KN_I64
+                    : op == SUM && integral ? KN_I64 : op == LSE && integral ? KN_F32 : dt;
+    cr_assert_eq(kn_dtype_of(got), expect, "%s: dtype %s, want %s", names[op],
+                 kn_dtype_name(kn_dtype_of(got)), kn_dtype_name(expect));
+    cr_assert_eq(kn_ndim(got), g->nd[keepdim], "%s: ndim", names[op]);
+    for (int d = 0; d < kn_ndim(got); d++)
+        cr_assert_eq(kn_shape(got)[d], g->shape[keepdim][d], "%s: dim %d", names[op], d);
+    /* f32 sums round at about sqrt(R) ulps of the partial sums. */
+    if (op == SUM && g->R > 1) atol *= sqrt((double)g->R);
+    for (int64_t i = 0; i < g->nout; i++) {
+        double w = ref_values(op, g->vals + i * g->R, g->R, correction), v = at(got, i);
+        bool ok = isnan(w) ? isnan(v) : isinf(w) ? v == w
+                : op == ARGMAX || op == ARGMIN ? v == w : fabs(v - w) <= atol + rtol * fabs(w);
+        cr_assert(ok, "%s over %d dims (keepdim %d): element %lld: got %.9g, want %.9g",
+                  names[op], ndims, keepdim, (long long)i, v, w);
     }
-    kn_tensor *t = kn_from_data(out, oshape, ond, KN_F64);
-    free(buckets);
-    free(out);
-    free(v);
-    free(cnt);
-    return t;
 }
 
 static void check_op(rop op, kn_tensor *x, const int *dims, int ndims, bool keepdim,
                      int correction, double rtol, double atol) {
+    groups g = group(x, dims, ndims);
     kn_tensor *got = run_op(op, x, dims, ndims, keepdim, correction);
-    cr_assert(got, "%s failed: %s", names[op], kn_last_error() ? kn_last_error() : "?");
-    kn_tensor *want = ref_reduce(op, x, dims, ndims, keepdim, correction);
-    kn_dtype dt = kn_dtype_of(x);
-    kn_dtype expect = op == ARGMAX || op == ARGMIN ? KN_I64
-                    : op == SUM && (dt == KN_I32 || dt == KN_I64 || dt == KN_BOOL) ? KN_I64
-                    : op == LSE && (dt == KN_I32 || dt == KN_I64 || dt == KN_BOOL) ? KN_F32
-                    : dt;
-    cr_assert_eq(kn_dtype_of(got), expect, "%s: dtype %s, want %s", names[op],
-                 kn_dtype_name(kn_dtype_of(got)), kn_dtype_name(expect));
-    cr_assert_eq(kn_ndim(got), kn_ndim(want), "%s: ndim", names[op]);
-    for (int d = 0; d < kn_ndim(got); d++)
-        cr_assert_eq(kn_shape(got)[d], kn_shape(want)[d], "%s: dim %d", names[op], d);
-    /* f32 sums round at about sqrt(R) ulps of the partial sums. */
-    int64_t R = kn_numel(want) ? kn_numel(x) / kn_numel(want) : 0;
-    if (op == SUM && R > 1) atol *= sqrt((double)R);
-    for (int64_t i = 0; i < kn_numel(want); i++) {
-        double g = at(got, i), w = at(want, i);
-        bool ok = isnan(w) ? isnan(g) : isinf(w) ? g == w
-                : op == ARGMAX || op == ARGMIN ? g == w : fabs(g - w) <= atol + rtol * fabs(w);
-        cr_assert(ok, "%s over %d dims (keepdim %d): element %lld: got %.9g, want %.9g",
-                  names[op], ndims, keepdim, (long long)i, g, w);
-    }
+    compare(op, &g, x, got, ndims, keepdim, correction, rtol, atol);
     kn_release(got);
-    kn_release(want);
+    free(g.vals);
+}
+
+/* Every op x's dtype allows, over one dim list (argmax/argmin: dims[0]). */
+static void check_ops(kn_tensor *x, const int *dims, int ndims, bool keepdim, int correction,
+                      double rtol, double atol) {
+    groups g = group(x, dims, ndims);
+    kn_dtype dt = kn_dtype_of(x);
+    for (rop op = SUM; op <= ARGMIN; op++) {
+        bool fl = dt == KN_F32 || dt == KN_F64;
+        if ((op == MEAN || op == VAR) && !fl) continue;
+        if ((op == ARGMAX || op == ARGMIN) && (ndims != 1 || dt == KN_BOOL)) continue;
+        kn_tensor *got = run_op(op, x, dims, ndims, keepdim, correction);
+        compare(op, &g, x, got, ndims, keepdim, correction, rtol, atol);
+        kn_release(got);
+    }
+    free(g.vals);
 }
 
 /* Every reduction over a list of dim lists, keepdim both ways. */
@@ -478,6 +499,34 @@ Test(reduce, argmax_ties_first_index) {
     kn_release(col); kn_release(z); kn_release(c); kn_release(x);
 }
 
+/* NaNs and ties through every kernel kind: rows (R > 16), short rows and
+ * columns, for every op, against the reference. */
+Test(reduce, ties_and_nans_every_layout) {
+    static const int64_t shapes[][2] = {{6, 37}, {37, 6}, {5, 5}, {3, 300}, {300, 3}};
+    for (int s = 0; s < 5; s++) {
+        int64_t r = shapes[s][0], c = shapes[s][1], n = r * c;
+        float *f = malloc((size_t)n * sizeof *f);
+        int32_t *q = malloc((size_t)n * sizeof *q);
+        for (int64_t i = 0; i < n; i++) {
+            q[i] = (int32_t)((i * 7919) % 5) - 2;          /* many ties */
+            f[i] = (float)q[i] * 0.5f;
+            if (i % 11 == 3) f[i] = NAN;
+        }
+        kn_tensor *xf = kn_from_data(f, KN_SHAPE(r, c), KN_F32);
+        kn_tensor *xq = kn_from_data(q, KN_SHAPE(r, c), KN_I32);
+        kn_tensor *xd = kn_cast(xf, KN_F64);
+        for (int d = 0; d < 2; d++)
+            for (rop op = SUM; op <= ARGMIN; op++) {
+                check_op(op, xf, &d, 1, false, 1, 1e-5, 1e-6);
+                check_op(op, xd, &d, 1, true, 1, 1e-12, 1e-13);
+                if (op != MEAN && op != VAR) check_op(op, xq, &d, 1, false, 0, 1e-6, 0);
+            }
+        kn_release(xd); kn_release(xq); kn_release(xf);
+        free(q);
+        free(f);
+    }
+}
+
 /* Large inputs cross the parallel and block thresholds. */
 Test(reduce, large_sum_accuracy) {
     kn_manual_seed(6);
@@ -509,12 +558,19 @@ Test(reduce, large_sum_accuracy) {
 Test(reduce, large_all_ops) {
     kn_manual_seed(7);
     kn_tensor *x = kn_randn(KN_SHAPE(3, 1000000), KN_F32);  /* few long rows: blocks */
-    for (rop op = SUM; op <= ARGMIN; op++) check_op(op, x, KN_DIMS(1), false, 1, 1e-5, 1e-4);
+    check_ops(x, KN_DIMS(1), false, 1, 1e-5, 1e-4);
     kn_tensor *y = kn_randn(KN_SHAPE(3000, 1000), KN_F32);  /* many rows; columns */
-    for (rop op = SUM; op <= ARGMIN; op++)
-        for (int d = 0; d < 2; d++) check_op(op, y, &d, 1, false, 1, 1e-5, 1e-5);
+    for (int d = 0; d < 2; d++) check_ops(y, &d, 1, false, 1, 1e-5, 1e-5);
     kn_tensor *z = kn_randn(KN_SHAPE(600000, 5), KN_F64);  /* narrow, long columns */
-    for (rop op = SUM; op <= ARGMIN; op++) check_op(op, z, KN_DIMS(0), false, 1, 1e-10, 1e-10);
+    check_ops(z, KN_DIMS(0), false, 1, 1e-10, 1e-10);
+    kn_tensor *w = kn_randn(KN_SHAPE(80, 5000), KN_F32);   /* many rows of several blocks */
+    check_ops(w, KN_DIMS(1), false, 1, 1e-5, 1e-5);
+    kn_tensor *v = kn_randn(KN_SHAPE(70, 10000, 2), KN_F32);  /* many tiles of several blocks */
+    check_ops(v, KN_DIMS(1), false, 1, 1e-5, 1e-5);
+    kn_tensor *u = kn_randn(KN_SHAPE(3, 2500), KN_F32);    /* wide columns: tiles of 1024 */
+    kn_tensor *ut = kn_transpose(u, 0, 1);
+    check_ops(ut, KN_DIMS(1), false, 1, 1e-5, 1e-5);
+    kn_release(ut); kn_release(u); kn_release(v); kn_release(w);
     kn_release(z); kn_release(y); kn_release(x);
 }
 
@@ -529,22 +585,32 @@ Test(reduce, deterministic_across_thread_counts) {
     kn_manual_seed(8);
     kn_tensor *x = kn_randn(KN_SHAPE(3000000), KN_F32);
     kn_tensor *y = kn_randn(KN_SHAPE(4096, 700), KN_F32);
-    kn_tensor *r[2][6];
-    for (int pass = 0; pass < 2; pass++) {
-        kn_set_num_threads(pass == 0 ? 0 : 1);
+    kn_tensor *z = kn_randn(KN_SHAPE(20, 100000), KN_F32);  /* 20 rows: mode depends on threads */
+    enum { NR = 10 };
+    kn_tensor *r[3][NR];
+    static const int threads[3] = {0, 1, 3};
+    for (int pass = 0; pass < 3; pass++) {
+        kn_set_num_threads(threads[pass]);
         r[pass][0] = kn_sum(x, KN_ALL_DIMS, false);
         r[pass][1] = kn_var(x, KN_ALL_DIMS, 1, false);
         r[pass][2] = kn_logsumexp(x, KN_ALL_DIMS, false);
         r[pass][3] = kn_sum(y, KN_DIMS(0), false);
         r[pass][4] = kn_mean(y, KN_DIMS(1), false);
         r[pass][5] = kn_argmax(x, 0, false);
+        r[pass][6] = kn_sum(z, KN_DIMS(1), false);
+        r[pass][7] = kn_var(z, KN_DIMS(1), 0, false);
+        r[pass][8] = kn_logsumexp(z, KN_DIMS(1), false);
+        r[pass][9] = kn_var(y, KN_DIMS(0), 1, false);
     }
     kn_set_num_threads(0);
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < NR; i++) {
+        bits_equal(r[0][i], r[2][i]);
+        kn_release(r[2][i]);
         bits_equal(r[0][i], r[1][i]);
         kn_release(r[0][i]);
         kn_release(r[1][i]);
     }
+    kn_release(z);
     kn_release(y);
     kn_release(x);
 }

@@ -18,12 +18,12 @@ TestSuite(shape, .init = setup, .fini = teardown);
                   kn_last_error(), text);                                         \
     } while (0)
 
-#define OK(expr)                                                                  \
-    ({                                                                            \
-        kn_tensor *r_ = (expr);                                                   \
-        cr_assert(r_, #expr " failed: %s", kn_last_error() ? kn_last_error() : "?"); \
-        r_;                                                                       \
-    })
+/* expr's tensor, asserting it is not NULL */
+static kn_tensor *ok_(kn_tensor *r, const char *expr) {
+    cr_assert(r, "%s failed: %s", expr, kn_last_error() ? kn_last_error() : "?");
+    return r;
+}
+#define OK(expr) ok_((expr), #expr)
 
 /* values 0, 1, 2, ... in C order (bool: i % 2) */
 static kn_tensor *seq(kn_dtype dt, const int64_t *shape, int nd) {
@@ -816,4 +816,21 @@ Test(shape, null_keeps_first_error) {
     kn_tensor *g = kn_gather(kn_slice(x, 0, 0, 1, 0), 0, x);
     cr_assert_null(g);
     cr_assert(strstr(kn_last_error(), "kn_slice: step"), "%s", kn_last_error());
+}
+
+/* The views and copies record autograd nodes; the rules live in core/derivatives.c. */
+Test(shape, ops_record_for_autograd) {
+    kn_tensor *a = OK(kn_set_requires_grad(seq(KN_F64, KN_SHAPE(2, 3)), true));
+    kn_tensor *t = OK(kn_transpose(a, 0, 1));                 /* t[i][j] = a[j][i] */
+    kn_tensor *s = OK(kn_slice(t, 0, 0, 3, 2));               /* s[k][j] = a[j][2k] */
+    kn_tensor *is = OK(kn_index_select(a, 1, TI64(KN_SHAPE(2), 1, 1)));
+    kn_tensor *c = OK(kn_stack((kn_tensor *[]){s, OK(kn_reshape(is, KN_SHAPE(2, 2)))}, 2, 0));
+    cr_assert(kn_requires_grad(t) && kn_requires_grad(s) && kn_requires_grad(c));
+    cr_assert(!kn_is_leaf(c));
+    cr_assert_eq(kn_backward(c, seq(KN_F64, KN_SHAPE(2, 2, 2))), 0, "%s", kn_last_error());
+    ASSERT_VALUES(kn_grad(a), 0, 9, 2, 1, 13, 3);
+    kn_no_grad_begin();
+    cr_assert(!kn_requires_grad(OK(kn_unsqueeze(a, 0))));
+    kn_no_grad_end();
+    cr_assert(!kn_requires_grad(OK(kn_expand(seq(KN_F64, KN_SHAPE(1)), KN_SHAPE(3)))));
 }

@@ -15,8 +15,8 @@ extern "C" {
 /* Reads an IDX file, plain or gzip-compressed (told apart by the gzip magic),
  * into a new contiguous tensor of dtype dt whose shape is the file's dims.
  * Element types: 0x08 u8, 0x09 i8, 0x0B i16, 0x0C i32, 0x0D f32, 0x0E f64,
- * big-endian. Values are converted as by kn_cast (no scaling); float values
- * stored into an integer dtype truncate toward zero, saturating, NaN -> 0.
+ * big-endian. Values are stored unscaled in dt; float values stored into an
+ * integer dtype truncate toward zero, saturating, NaN -> 0; bool is value != 0.
  * Errors (NULL, message naming kn_load_idx and path): missing file, bad magic,
  * unknown type code, 0 or more than KN_MAX_DIMS dims, more than 2^36 bytes of
  * data, truncated or corrupt data. Bytes after the data are ignored.
@@ -47,7 +47,8 @@ kn_tensor *kn_normalize(kn_tensor *x, double mean, double std);
  * drawn by Fisher-Yates from Philox(seed, counter from (epoch, draw)): the same
  * seed gives the same orders in every run, each epoch a different one, and the
  * order of epoch e depends only on (seed, e, N). Without shuffle rows come in
- * order. The last batch has N % batch_size rows unless drop_last drops it.
+ * order. A last, partial batch (N % batch_size rows) is returned unless
+ * drop_last. Not thread-safe: one loader per thread.
  *
  *     kn_loader *l = kn_loader_new(x, y, 128, true, false, 42);
  *     kn_tensor *xb, *yb;
@@ -63,8 +64,9 @@ kn_tensor *kn_normalize(kn_tensor *x, double mean, double std);
 typedef struct kn_loader kn_loader;
 
 /* New loader over x [N, ...] and y [N, ...] (y may be NULL: then batches of x
- * only and *yb is set to NULL). Retains x and y (a contiguous copy if one is
- * strided), so the caller may release them. batch_size must be > 0.
+ * only and *yb is set to NULL). Retains x and y, sharing their storage (a
+ * contiguous copy if one is strided), so the caller may release them.
+ * batch_size must be > 0.
  * Returns NULL with an error on bad arguments; free with kn_loader_free. */
 kn_loader *kn_loader_new(kn_tensor *x, kn_tensor *y, int64_t batch_size, bool shuffle,
                          bool drop_last, uint64_t seed);
@@ -73,7 +75,8 @@ kn_loader *kn_loader_new(kn_tensor *x, kn_tensor *y, int64_t batch_size, bool sh
  * [B, ...] holding the epoch's next B rows of x and y (owned like any op
  * result: by the caller, or the current pool) and returns true. Returns false,
  * with *xb and *yb NULL, at the end of the epoch (and on every call after it
- * until kn_loader_reset), or on error (kn_last_error() set). */
+ * until kn_loader_reset), or on error (kn_last_error() set). xb must not be
+ * NULL; yb may be NULL to skip y. */
 bool kn_loader_next(kn_loader *l, kn_tensor **xb, kn_tensor **yb);
 
 /* Starts the next epoch (with a new permutation when shuffling), wherever the
