@@ -10,6 +10,7 @@
 typedef struct kn_storage {
     atomic_long refcount;
     size_t nbytes;
+    size_t capacity;     /* bytes of the whole block, header included */
     kn_device device;
     void *data;          /* KN_ALIGN-aligned */
     atomic_ulong version; /* bumped by in-place writes (autograd checks it) */
