@@ -31,6 +31,9 @@ struct kn_tensor {
     struct kn_node *grad_fn;      /* non-leaves: the node that made it, owned */
 };
 
+/* Bytes per element of a valid dtype, inline for the hot paths. */
+static inline size_t kn__size(kn_dtype d) { return (size_t)(d == KN_BOOL ? 1 : d == KN_F64 || d == KN_I64 ? 8 : 4); }
+
 /* ---- errors (core/error.c) ---- */
 /* Sets the thread-local message (printf-style). Always returns NULL. */
 void *kn__error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -60,7 +63,7 @@ kn_tensor *kn__view(kn_tensor *base, const int64_t *shape, const int64_t *stride
 int64_t kn__numel(const int64_t *shape, int ndim);
 void kn__contig_strides(const int64_t *shape, int ndim, int64_t *strides);
 static inline char *kn__ptr(const kn_tensor *t) {
-    return (char *)t->storage->data + t->offset * (int64_t)kn_dtype_size(t->dtype);
+    return (char *)t->storage->data + t->offset * (int64_t)kn__size(t->dtype);
 }
 /* Normalizes dim into [0, ndim); -1 with an error naming op otherwise. */
 int kn__dim(const char *op, int dim, int ndim);

@@ -243,7 +243,7 @@ kn_tensor *kn__alloc(const int64_t *shape, int ndim, kn_dtype dt) {
     int64_t n;
     if ((unsigned)dt >= KN_DTYPE_COUNT) return kn__error("kn_empty: invalid dtype %d", (int)dt);
     if (!check_shape("kn_empty", shape, ndim, &n)) return NULL;
-    size_t nbytes = (size_t)n * kn_dtype_size(dt);
+    size_t nbytes = (size_t)n * kn__size(dt);
     kn_storage *s = storage_new(nbytes);
     if (!s) {
         char b[KN_SHAPE_BUF];

@@ -151,15 +151,15 @@ static kn_tensor *run(kn_op op, kn_tensor *const *in, int n, kn_dtype dt, kn_dty
                              kn__shape_str(in[i]->shape, in[i]->ndim, b1));
         }
     }
-    kn_tensor *cv[KN_MAX_OPS] = {0};
+    kn_tensor *cv[KN_MAX_OPS] = {0};  /* converted inputs; NULL: use in[i] as is */
     kn_tensor *out = NULL;
     for (int i = 0; i < n; i++)
-        if (!(cv[i] = as_dtype(in[i], dt))) goto done;
+        if (in[i]->dtype != dt && !(cv[i] = kn_cast(in[i], dt))) goto done;
     if (!(out = kn__alloc(shape, nd, out_dt))) goto done;
     kn_iter it = {.ndim = nd};
     memcpy(it.shape, shape, sizeof it.shape);
     kn__iter_add(&it, out);
-    for (int i = 0; i < n; i++) kn__iter_add(&it, cv[i]);
+    for (int i = 0; i < n; i++) kn__iter_add(&it, cv[i] ? cv[i] : in[i]);
     kn__iter_run(&it, fn, params, GRAIN);
 done:
     for (int i = 0; i < n; i++) kn__drop(cv[i]);

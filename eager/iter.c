@@ -20,7 +20,7 @@ bool kn__broadcast_shape(const int64_t *a, int na, const int64_t *b, int nb,
 
 void kn__iter_add(kn_iter *it, const kn_tensor *t) {
     int k = it->nop++, off = it->ndim - t->ndim;
-    int64_t esz = (int64_t)kn_dtype_size(t->dtype);
+    int64_t esz = (int64_t)kn__size(t->dtype);
     it->base[k] = kn__ptr(t);
     for (int i = 0; i < it->ndim; i++) {
         int j = i - off;
