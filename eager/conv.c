@@ -176,7 +176,8 @@ static int conv_run(const char *op, kn_conv_kind kind, const kn_conv_geom *g, kn
                     kn_tensor *b, kn_tensor *bias, kn_tensor *out) {
     bool f32 = out->dtype == KN_F32;
     const void *pa = kn__ptr(a), *pb = kn__ptr(b), *pbias = bias ? kn__ptr(bias) : NULL;
-    bool empty = g->n == 0 || g->c == 0 || g->o == 0;  /* oneDNN rejects zero dims */
+    /* oneDNN rejects zero dims; the loops handle them */
+    bool empty = g->n == 0 || g->c == 0 || g->o == 0 || g->h == 0 || g->w == 0;
     if (f32 && !empty)
         return kn__conv2d_f32(op, kind, g, pa, pb, pbias, (float *)kn__ptr(out));
     static const kn_range_fn loops[2][3] = {
@@ -290,7 +291,7 @@ typedef struct {
  * Rows are short (often < 32), so the loop asks for 8-wide vectors without
  * interleaving, and strides 1 and 2 get constant-stride copies: together
  * about 3x faster than the plain loop at kernel 3, stride 1. Windows are
- * never all padding (padding <= kernel / 2). */
+ * never all padding (padding <= kernel / 2) unless H or W is 0: -inf then. */
 #define POOL_LOOPS(T, NEG_INF)                                                            \
     static inline __attribute__((always_inline)) void pool_plane_##T(                    \
         const pool_job *j, const T *x, T *y, const int s) {                               \
@@ -339,6 +340,7 @@ typedef struct {
                 for (int64_t ow = 0; ow < j->ow; ow++) {                                  \
                     int64_t w0 = ow * j->s - j->p, w1 = w0 + j->k;                        \
                     w0 = w0 < 0 ? 0 : w0, w1 = w1 > j->w ? j->w : w1;                     \
+                    if (h0 >= h1 || w0 >= w1) continue; /* all padding: H or W is 0 */    \
                     int64_t best = h0 * j->w + w0;                                        \
                     T m = NEG_INF;                                                        \
                     for (int64_t ih = h0; ih < h1; ih++)                                  \

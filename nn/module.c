@@ -136,6 +136,24 @@ static kn_tensor *dropout(kn_module *m, kn_tensor *x) {
     return kn__scope_end(kn_mul_scalar(kn_where(keep, x, kn_scalar(0, x->dtype)), 1 / (1 - m->p)));
 }
 
+/* [N, ...] -> [N, prod(...)], sized explicitly so N = 0 works. */
+static kn_tensor *flatten(kn_tensor *x) {
+    int64_t rest = x->ndim > 1 ? kn__numel(x->shape + 1, x->ndim - 1) : 1;
+    return kn_reshape(x, KN_SHAPE(x->ndim ? x->shape[0] : 1, rest));
+}
+
+/* Indices of any shape: rows of weight, shaped index.shape + [dim]. */
+static kn_tensor *embedding(kn_module *m, kn_tensor *x) {
+    if (x->ndim >= KN_MAX_DIMS)
+        return kn__error("kn_forward: embedding indices have %d dims (at most %d)", x->ndim, KN_MAX_DIMS - 1);
+    int64_t shape[KN_MAX_DIMS];
+    memcpy(shape, x->shape, (size_t)x->ndim * sizeof *shape);
+    shape[x->ndim] = m->weight->shape[1];
+    kn__scope_begin();
+    kn_tensor *rows = kn_index_select(m->weight, 0, kn_reshape(x, KN_SHAPE(kn_numel(x))));
+    return kn__scope_end(kn_reshape(rows, shape, x->ndim + 1));
+}
+
 kn_tensor *kn_forward(kn_module *m, kn_tensor *x) {
     if (!m) return kn__null_arg("kn_forward");
     KN_CHECK("kn_forward", x);
@@ -145,8 +163,8 @@ kn_tensor *kn_forward(kn_module *m, kn_tensor *x) {
     case M_MAXPOOL: return kn_max_pool2d(x, m->k, m->stride, m->padding);
     case M_DROPOUT: return dropout(m, x);
     case M_RELU: return kn_relu(x);
-    case M_FLATTEN: return kn_reshape(x, KN_SHAPE(x->ndim ? x->shape[0] : 1, -1));
-    case M_EMBEDDING: return kn_index_select(m->weight, 0, x);  /* x: indices of any shape */
+    case M_FLATTEN: return flatten(x);
+    case M_EMBEDDING: return embedding(m, x);
     case M_SEQ: {
         kn__scope_begin();
         kn_tensor *h = x;
@@ -191,14 +209,14 @@ static void free_names(kn_module *m) {
 int kn_parameters(kn_module *m, kn_tensor **params, const char **names, int max) {
     if (!m) return kn__null_arg("kn_parameters"), -1;
     if (max < 0) max = 0;
-    if (!names) return collect(m, "", params, NULL, max, 0);
-    free_names(m);
-    int total = collect(m, "", NULL, NULL, 0, 0);
-    m->names = calloc((size_t)(total ? total : 1), sizeof *m->names);
-    if (!m->names) return kn__error("kn_parameters: out of memory"), -1;
-    m->nnames = total;
-    collect(m, "", NULL, m->names, total, 0);
-    collect(m, "", params, NULL, max, 0);
+    int total = collect(m, "", params, NULL, max, 0);
+    if (!names) return total;
+    if (!m->names) {  /* built once, so names handed out earlier stay valid */
+        m->names = calloc((size_t)(total ? total : 1), sizeof *m->names);
+        if (!m->names) return kn__error("kn_parameters: out of memory"), -1;
+        m->nnames = total;
+        collect(m, "", NULL, m->names, total, 0);
+    }
     for (int i = 0; i < total && i < max; i++) names[i] = m->names[i];
     return total;
 }

@@ -13,7 +13,7 @@ struct kn_optim {
     kn_tensor **m, **v;      /* per-parameter state (momentum buffer / moments), owned */
     double lr, b1, b2, eps, wd, momentum;
     bool nesterov;
-    int64_t t;               /* steps taken */
+    int64_t *t;              /* steps taken, per parameter (as in torch) */
 };
 
 static kn_optim *optim_new(opt_kind kind, kn_tensor *const *params, int n, double lr) {
@@ -30,8 +30,9 @@ static kn_optim *optim_new(opt_kind kind, kn_tensor *const *params, int n, doubl
         o->params = calloc((size_t)n + 1, sizeof *o->params);
         o->m = calloc((size_t)n + 1, sizeof *o->m);
         o->v = calloc((size_t)n + 1, sizeof *o->v);
+        o->t = calloc((size_t)n + 1, sizeof *o->t);
     }
-    if (!o || !o->params || !o->m || !o->v) {
+    if (!o || !o->params || !o->m || !o->v || !o->t) {
         kn_optim_free(o);
         return kn__error("%s: out of memory", op);
     }
@@ -44,6 +45,9 @@ static kn_optim *optim_new(opt_kind kind, kn_tensor *const *params, int n, doubl
 
 kn_optim *kn_sgd_new(kn_tensor *const *params, int n, double lr, double momentum,
                      double weight_decay, bool nesterov) {
+    if (!(momentum >= 0)) return kn__error("kn_sgd_new: bad momentum %g (expected >= 0)", momentum);
+    if (!(weight_decay >= 0))
+        return kn__error("kn_sgd_new: bad weight_decay %g (expected >= 0)", weight_decay);
     if (nesterov && momentum <= 0)
         return kn__error("kn_sgd_new: nesterov needs a positive momentum");
     kn_optim *o = optim_new(OPT_SGD, params, n, lr);
@@ -57,9 +61,10 @@ kn_optim *kn_sgd_new(kn_tensor *const *params, int n, double lr, double momentum
 
 static kn_optim *adam_new(opt_kind kind, kn_tensor *const *params, int n, double lr, double b1,
                           double b2, double eps, double wd) {
+    const char *op = kind == OPT_ADAM ? "kn_adam_new" : "kn_adamw_new";
     if (!(b1 >= 0 && b1 < 1 && b2 >= 0 && b2 < 1 && eps >= 0))
-        return kn__error("%s: bad betas (%g, %g) or eps %g", kind == OPT_ADAM ? "kn_adam_new" : "kn_adamw_new",
-                         b1, b2, eps);
+        return kn__error("%s: bad betas (%g, %g) or eps %g", op, b1, b2, eps);
+    if (!(wd >= 0)) return kn__error("%s: bad weight_decay %g (expected >= 0)", op, wd);
     kn_optim *o = optim_new(kind, params, n, lr);
     if (o) {
         o->b1 = b1;
@@ -105,7 +110,8 @@ static int adam_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
     if (kn_mul_scalar_(o->m[i], o->b1) != 0 || kn_add_(o->m[i], kn_mul_scalar(g, 1 - o->b1)) != 0 ||
         kn_mul_scalar_(o->v[i], o->b2) != 0 || kn_add_(o->v[i], kn_mul_scalar(kn_mul(g, g), 1 - o->b2)) != 0)
         return -1;
-    double bc1 = 1 - pow(o->b1, (double)o->t), bc2 = 1 - pow(o->b2, (double)o->t);
+    double t = (double)++o->t[i];
+    double bc1 = 1 - pow(o->b1, t), bc2 = 1 - pow(o->b2, t);
     kn_tensor *denom = kn_add_scalar(kn_div_scalar(kn_sqrt(o->v[i]), sqrt(bc2)), o->eps);
     return kn_sub_(p, kn_mul_scalar(kn_div(o->m[i], denom), o->lr / bc1));
 }
@@ -113,7 +119,6 @@ static int adam_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
 int kn_optim_step(kn_optim *o) {
     if (!o) return kn__null_arg("kn_optim_step"), -1;
     int rc = 0;
-    o->t++;
     kn_no_grad_begin();
     for (int i = 0; i < o->n && rc == 0; i++) {
         kn_tensor *p = o->params[i], *g = kn_grad(p);
@@ -144,5 +149,6 @@ void kn_optim_free(kn_optim *o) {
     free(o->params);
     free(o->m);
     free(o->v);
+    free(o->t);
     free(o);
 }

@@ -329,6 +329,22 @@ Test(conv, empty_shapes) {
         cr_assert(y, "%s", kn_last_error());
         for (int64_t i = 0; i < kn_numel(y); i++)
             cr_assert_eq(at(y, i), i < 25 || (i >= 50 && i < 75) ? 1.5 : -2);
+        /* an empty image with padding: the output is the bias again */
+        y = kn_conv2d(kn_ones(KN_SHAPE(1, 2, 0, 3), dt), kn_ones(KN_SHAPE(2, 2, 1, 1), dt),
+                      kn_cast(TF64(KN_SHAPE(2), 1.5, -2), dt), 1, 1);
+        cr_assert(y && kn_shape(y)[2] == 2 && kn_shape(y)[3] == 5, "%s", kn_last_error());
+        for (int64_t i = 0; i < kn_numel(y); i++) cr_assert_eq(at(y, i), i < 10 ? 1.5 : -2);
+        kn_tensor *gx = kn__conv2d_grad_input(kn_ones(kn_shape(y), 4, dt),
+                                              kn_ones(KN_SHAPE(2, 2, 1, 1), dt),
+                                              (const int64_t[]){1, 2, 0, 3}, 1, 1);
+        cr_assert(gx && kn_numel(gx) == 0, "%s", kn_last_error());
+        /* pooling an empty image: windows of padding only, and no gradient */
+        kn_tensor *xe = kn_zeros(KN_SHAPE(1, 2, 0, 4), dt);
+        kn_tensor *pe = kn_max_pool2d(xe, 2, 2, 1);
+        cr_assert(pe && kn_shape(pe)[2] == 1 && kn_shape(pe)[3] == 3, "%s", kn_last_error());
+        cr_assert(at(pe, 0) == -INFINITY);
+        kn_tensor *ge = kn__max_pool2d_grad(kn_ones(kn_shape(pe), 4, dt), xe, 2, 2, 1);
+        cr_assert(ge && kn_numel(ge) == 0, "%s", kn_last_error());
         kn_tensor *gw = kn__conv2d_grad_weight(kn_zeros(KN_SHAPE(0, 3, 3, 3), dt),
                                                kn_zeros(KN_SHAPE(0, 2, 5, 5), dt),
                                                (const int64_t[]){3, 2, 3, 3}, 1, 0);
