@@ -113,3 +113,19 @@ void assert_equal(const kn_tensor *got, const kn_tensor *want) {
                   "element %lld: got %.17g, want %.17g", (long long)i, g, w);
     }
 }
+
+static int64_t live_at_start;
+
+void test_setup(uint64_t seed) {
+    kn_clear_error();
+    live_at_start = kn_live_tensors();
+    if (seed != KN_NO_SEED) kn_manual_seed(seed);
+    kn_pool_push();
+}
+
+void test_teardown(void) {
+    kn_pool_pop();
+    kn_set_num_threads(0);
+    cr_assert_eq(kn_live_tensors(), live_at_start, "%lld tensors leaked",
+                 (long long)(kn_live_tensors() - live_at_start));
+}

@@ -3,6 +3,7 @@
 #define KN_TEST_HELPERS_H
 #include <criterion/criterion.h>
 #include <kiln.h>
+#include <string.h>
 
 /* Loads a .npy file (f4, f8, i8, u1/b1 -> bool) as a new tensor; NULL if missing. */
 kn_tensor *load_npy(const char *path);
@@ -15,6 +16,23 @@ void assert_equal(const kn_tensor *got, const kn_tensor *want);
 /* Element i (C order) of t as double. */
 double at(const kn_tensor *t, int64_t i);
 /* A new f32 / f64 tensor from a literal list. */
+/* Suite fixtures: each test starts with no error, an open pool and (unless
+ * seed is KN_NO_SEED) a seeded Philox stream, and must release every tensor. */
+#define KN_NO_SEED UINT64_MAX
+void test_setup(uint64_t seed);
+void test_teardown(void);
+#define KN_SUITE(name, seed)                                                      \
+    static void name##_setup(void) { test_setup(seed); }                          \
+    TestSuite(name, .init = name##_setup, .fini = test_teardown)
+/* expr must return NULL and set an error containing text. */
+#define EXPECT_ERR(expr, text)                                                    \
+    do {                                                                          \
+        kn_clear_error();                                                         \
+        cr_assert_null((expr), #expr " should fail");                             \
+        cr_assert(kn_last_error(), #expr " set no error");                        \
+        cr_assert(strstr(kn_last_error(), text), "message '%s' lacks '%s'",       \
+                  kn_last_error(), text);                                         \
+    } while (0)
 #define TF32(shape_ndim, ...) kn_from_data((const float[]){__VA_ARGS__}, shape_ndim, KN_F32)
 #define TF64(shape_ndim, ...) kn_from_data((const double[]){__VA_ARGS__}, shape_ndim, KN_F64)
 #define TI64(shape_ndim, ...) kn_from_data((const int64_t[]){__VA_ARGS__}, shape_ndim, KN_I64)

@@ -4,10 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-static int64_t live0;
-static void setup(void) { kn_clear_error(); live0 = kn_live_tensors(); kn_manual_seed(5); kn_pool_push(); }
-static void teardown(void) { kn_pool_pop(); cr_assert_eq(kn_live_tensors(), live0, "tensors leaked"); }
-TestSuite(autograd, .init = setup, .fini = teardown);
+KN_SUITE(autograd, 5);
 
 /* A leaf in f64 from randn (scaled, shifted), optionally as a transposed view. */
 static kn_tensor *leaf(const int64_t *shape, int nd, double scale, double shift, bool transposed) {

@@ -7,20 +7,9 @@
 #include <pthread.h>
 #include <string.h>
 
-static int64_t live0;
-static void setup(void) {
-    kn_clear_error();
-    live0 = kn_live_tensors();
-    kn_manual_seed(99);
-    kn_pool_push();
-}
-static void teardown(void) {
-    kn_pool_pop();
-    cr_assert_eq(kn_live_tensors(), live0, "tensors leaked");
-}
-TestSuite(conv, .init = setup, .fini = teardown);
+KN_SUITE(conv, 99);
 
-#define EXPECT_ERR(expr, ...)                                                     \
+#define EXPECT_ERRS(expr, ...)                                                     \
     do {                                                                          \
         kn_clear_error();                                                         \
         cr_assert_null((expr), #expr " should fail");                             \
@@ -402,36 +391,36 @@ Test(conv, threads_share_the_cache) {
 Test(conv, conv2d_errors) {
     kn_tensor *x = kn_zeros(KN_SHAPE(2, 3, 5, 5), KN_F32);
     kn_tensor *w = kn_zeros(KN_SHAPE(4, 3, 3, 3), KN_F32);
-    EXPECT_ERR(kn_conv2d(NULL, w, NULL, 1, 0), "kn_conv2d", "NULL");
-    EXPECT_ERR(kn_conv2d(x, NULL, NULL, 1, 0), "kn_conv2d", "NULL");
-    EXPECT_ERR(kn_conv2d(kn_zeros(KN_SHAPE(3, 5, 5), KN_F32), w, NULL, 1, 0), "kn_conv2d",
+    EXPECT_ERRS(kn_conv2d(NULL, w, NULL, 1, 0), "kn_conv2d", "NULL");
+    EXPECT_ERRS(kn_conv2d(x, NULL, NULL, 1, 0), "kn_conv2d", "NULL");
+    EXPECT_ERRS(kn_conv2d(kn_zeros(KN_SHAPE(3, 5, 5), KN_F32), w, NULL, 1, 0), "kn_conv2d",
                "x must be 4-D", "[3,5,5]");
-    EXPECT_ERR(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 3), KN_F32), NULL, 1, 0), "kn_conv2d",
+    EXPECT_ERRS(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 3), KN_F32), NULL, 1, 0), "kn_conv2d",
                "w must be 4-D", "[4,3,3]");
-    EXPECT_ERR(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 2, 3, 3), KN_F32), NULL, 1, 0), "kn_conv2d",
+    EXPECT_ERRS(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 2, 3, 3), KN_F32), NULL, 1, 0), "kn_conv2d",
                "[2,3,5,5]", "[4,2,3,3]", "channels");
-    EXPECT_ERR(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 6, 3), KN_F32), NULL, 1, 0), "kn_conv2d",
+    EXPECT_ERRS(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 6, 3), KN_F32), NULL, 1, 0), "kn_conv2d",
                "larger than the padded input", "[4,3,6,3]", "[2,3,5,5]");
-    EXPECT_ERR(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 9, 3), KN_F32), NULL, 1, 1), "kn_conv2d",
+    EXPECT_ERRS(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 9, 3), KN_F32), NULL, 1, 1), "kn_conv2d",
                "larger than the padded input 7x7");
-    EXPECT_ERR(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 0, 3), KN_F32), NULL, 1, 1), "kn_conv2d",
+    EXPECT_ERRS(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 0, 3), KN_F32), NULL, 1, 1), "kn_conv2d",
                "at least 1x1");
-    EXPECT_ERR(kn_conv2d(x, w, NULL, 0, 0), "kn_conv2d", "stride", "[2,3,5,5]", "[4,3,3,3]");
-    EXPECT_ERR(kn_conv2d(x, w, NULL, -1, 0), "kn_conv2d", "stride");
-    EXPECT_ERR(kn_conv2d(x, w, NULL, 1, -1), "kn_conv2d", "padding", "[2,3,5,5]");
-    EXPECT_ERR(kn_conv2d(x, w, kn_zeros(KN_SHAPE(3), KN_F32), 1, 0), "kn_conv2d", "b must be",
+    EXPECT_ERRS(kn_conv2d(x, w, NULL, 0, 0), "kn_conv2d", "stride", "[2,3,5,5]", "[4,3,3,3]");
+    EXPECT_ERRS(kn_conv2d(x, w, NULL, -1, 0), "kn_conv2d", "stride");
+    EXPECT_ERRS(kn_conv2d(x, w, NULL, 1, -1), "kn_conv2d", "padding", "[2,3,5,5]");
+    EXPECT_ERRS(kn_conv2d(x, w, kn_zeros(KN_SHAPE(3), KN_F32), 1, 0), "kn_conv2d", "b must be",
                "[3]", "[4,3,3,3]");
-    EXPECT_ERR(kn_conv2d(x, w, kn_zeros(KN_SHAPE(1, 4), KN_F32), 1, 0), "kn_conv2d", "[1,4]");
-    EXPECT_ERR(kn_conv2d(kn_zeros(KN_SHAPE(2, 3, 5, 5), KN_I64), w, NULL, 1, 0), "kn_conv2d",
+    EXPECT_ERRS(kn_conv2d(x, w, kn_zeros(KN_SHAPE(1, 4), KN_F32), 1, 0), "kn_conv2d", "[1,4]");
+    EXPECT_ERRS(kn_conv2d(kn_zeros(KN_SHAPE(2, 3, 5, 5), KN_I64), w, NULL, 1, 0), "kn_conv2d",
                "i64", "f32 or f64");
-    EXPECT_ERR(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 3, 3), KN_F64), NULL, 1, 0), "kn_conv2d",
+    EXPECT_ERRS(kn_conv2d(x, kn_zeros(KN_SHAPE(4, 3, 3, 3), KN_F64), NULL, 1, 0), "kn_conv2d",
                "w", "f64", "f32");
-    EXPECT_ERR(kn_conv2d(x, w, kn_zeros(KN_SHAPE(4), KN_F64), 1, 0), "kn_conv2d", "b", "f64");
+    EXPECT_ERRS(kn_conv2d(x, w, kn_zeros(KN_SHAPE(4), KN_F64), 1, 0), "kn_conv2d", "b", "f64");
     /* gradient ops check the gradient's shape */
-    EXPECT_ERR(kn__conv2d_grad_input(kn_zeros(KN_SHAPE(2, 4, 4, 3), KN_F32), w,
+    EXPECT_ERRS(kn__conv2d_grad_input(kn_zeros(KN_SHAPE(2, 4, 4, 3), KN_F32), w,
                                      (const int64_t[]){2, 3, 5, 5}, 1, 0),
                "kn_conv2d", "[2,4,4,3]", "[2,4,3,3]");
-    EXPECT_ERR(kn__conv2d_grad_weight(kn_zeros(KN_SHAPE(2, 4, 3, 3), KN_F64), x,
+    EXPECT_ERRS(kn__conv2d_grad_weight(kn_zeros(KN_SHAPE(2, 4, 3, 3), KN_F64), x,
                                       (const int64_t[]){4, 3, 3, 3}, 1, 0),
                "kn_conv2d", "f32");
     /* a NULL input keeps the first error */
@@ -544,20 +533,20 @@ Test(conv, gradcheck_max_pool2d) {
 
 Test(conv, max_pool2d_errors) {
     kn_tensor *x = kn_zeros(KN_SHAPE(2, 3, 5, 6), KN_F32);
-    EXPECT_ERR(kn_max_pool2d(NULL, 2, 2, 0), "kn_max_pool2d", "NULL");
-    EXPECT_ERR(kn_max_pool2d(kn_zeros(KN_SHAPE(3, 5, 6), KN_F32), 2, 2, 0), "kn_max_pool2d",
+    EXPECT_ERRS(kn_max_pool2d(NULL, 2, 2, 0), "kn_max_pool2d", "NULL");
+    EXPECT_ERRS(kn_max_pool2d(kn_zeros(KN_SHAPE(3, 5, 6), KN_F32), 2, 2, 0), "kn_max_pool2d",
                "4-D", "[3,5,6]");
-    EXPECT_ERR(kn_max_pool2d(kn_zeros(KN_SHAPE(2, 3, 5, 6), KN_I32), 2, 2, 0), "kn_max_pool2d",
+    EXPECT_ERRS(kn_max_pool2d(kn_zeros(KN_SHAPE(2, 3, 5, 6), KN_I32), 2, 2, 0), "kn_max_pool2d",
                "i32", "[2,3,5,6]");
-    EXPECT_ERR(kn_max_pool2d(x, 0, 2, 0), "kn_max_pool2d", "kernel 0", "[2,3,5,6]");
-    EXPECT_ERR(kn_max_pool2d(x, 2, 0, 0), "kn_max_pool2d", "stride 0", "[2,3,5,6]");
-    EXPECT_ERR(kn_max_pool2d(x, 2, 2, -1), "kn_max_pool2d", "padding -1", "[2,3,5,6]");
-    EXPECT_ERR(kn_max_pool2d(x, 3, 1, 2), "kn_max_pool2d", "half the kernel", "[2,3,5,6]");
-    EXPECT_ERR(kn_max_pool2d(x, 6, 1, 0), "kn_max_pool2d", "larger than the padded input 5x6",
+    EXPECT_ERRS(kn_max_pool2d(x, 0, 2, 0), "kn_max_pool2d", "kernel 0", "[2,3,5,6]");
+    EXPECT_ERRS(kn_max_pool2d(x, 2, 0, 0), "kn_max_pool2d", "stride 0", "[2,3,5,6]");
+    EXPECT_ERRS(kn_max_pool2d(x, 2, 2, -1), "kn_max_pool2d", "padding -1", "[2,3,5,6]");
+    EXPECT_ERRS(kn_max_pool2d(x, 3, 1, 2), "kn_max_pool2d", "half the kernel", "[2,3,5,6]");
+    EXPECT_ERRS(kn_max_pool2d(x, 6, 1, 0), "kn_max_pool2d", "larger than the padded input 5x6",
                "[2,3,5,6]");
-    EXPECT_ERR(kn__max_pool2d_grad(kn_zeros(KN_SHAPE(2, 3, 2, 2), KN_F32), x, 2, 2, 0),
+    EXPECT_ERRS(kn__max_pool2d_grad(kn_zeros(KN_SHAPE(2, 3, 2, 2), KN_F32), x, 2, 2, 0),
                "kn_max_pool2d", "[2,3,2,2]", "[2,3,2,3]");
-    EXPECT_ERR(kn__max_pool2d_grad(kn_zeros(KN_SHAPE(2, 3, 2, 3), KN_F64), x, 2, 2, 0),
+    EXPECT_ERRS(kn__max_pool2d_grad(kn_zeros(KN_SHAPE(2, 3, 2, 3), KN_F64), x, 2, 2, 0),
                "kn_max_pool2d", "f64");
     kn_clear_error();
 }

@@ -9,14 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int64_t live0;
-static void setup(void) { kn_clear_error(); live0 = kn_live_tensors(); kn_pool_push(); }
-static void teardown(void) {
-    kn_pool_pop();
-    cr_assert_eq(kn_live_tensors(), live0, "%lld tensors leaked",
-                 (long long)(kn_live_tensors() - live0));
-}
-TestSuite(elementwise, .init = setup, .fini = teardown);
+KN_SUITE(elementwise, KN_NO_SEED);
 
 #define TI32(shape_ndim, ...) kn_from_data((const int32_t[]){__VA_ARGS__}, shape_ndim, KN_I32)
 #define TBOOL(shape_ndim, ...) kn_from_data((const uint8_t[]){__VA_ARGS__}, shape_ndim, KN_BOOL)

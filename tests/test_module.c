@@ -6,19 +6,8 @@
 #include <math.h>
 #include <string.h>
 
-static int64_t live0;
-static void setup(void) { kn_clear_error(); live0 = kn_live_tensors(); kn_manual_seed(42); kn_pool_push(); }
-static void teardown(void) { kn_pool_pop(); cr_assert_eq(kn_live_tensors(), live0, "tensors leaked"); }
-TestSuite(module, .init = setup, .fini = teardown);
+KN_SUITE(module, 42);
 
-#define EXPECT_ERR(expr, text)                                                    \
-    do {                                                                          \
-        kn_clear_error();                                                         \
-        cr_assert_null((expr), #expr " should fail");                             \
-        cr_assert(kn_last_error(), #expr " set no error");                        \
-        cr_assert(strstr(kn_last_error(), text), "message '%s' lacks '%s'",       \
-                  kn_last_error(), text);                                         \
-    } while (0)
 
 static void assert_shape(const kn_tensor *t, const int64_t *shape, int nd) {
     cr_assert_not_null(t, "%s", kn_last_error());

@@ -46,10 +46,7 @@
 #include <math.h>
 #include <string.h>
 
-static int64_t live0;
-static void setup(void) { kn_clear_error(); live0 = kn_live_tensors(); kn_manual_seed(11); kn_pool_push(); }
-static void teardown(void) { kn_pool_pop(); cr_assert_eq(kn_live_tensors(), live0, "tensors leaked"); }
-TestSuite(optim, .init = setup, .fini = teardown);
+KN_SUITE(optim, 11);
 
 #define EXPECT_NULL_ERR(expr, text)                                               \
     do {                                                                          \

@@ -4,14 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-static int64_t live0;
-static void setup(void) { kn_clear_error(); live0 = kn_live_tensors(); kn_pool_push(); }
-static void teardown(void) {
-    kn_pool_pop();
-    cr_assert_eq(kn_live_tensors(), live0, "%lld tensors leaked",
-                 (long long)(kn_live_tensors() - live0));
-}
-TestSuite(promotion, .init = setup, .fini = teardown);
+KN_SUITE(promotion, KN_NO_SEED);
 
 #define TI32(shape_ndim, ...) kn_from_data((const int32_t[]){__VA_ARGS__}, shape_ndim, KN_I32)
 #define TBOOL(shape_ndim, ...) kn_from_data((const uint8_t[]){__VA_ARGS__}, shape_ndim, KN_BOOL)
@@ -31,14 +24,6 @@ static void expect(kn_tensor *r, kn_dtype dt, const double *want, int64_t n) {
 #define EXPECT(r, dt, ...) expect((r), (dt), (const double[]){__VA_ARGS__}, \
     (int64_t)(sizeof((double[]){__VA_ARGS__}) / sizeof(double)))
 
-#define EXPECT_ERR(expr, text)                                                    \
-    do {                                                                          \
-        kn_clear_error();                                                         \
-        cr_assert_null((expr), #expr " should fail");                             \
-        cr_assert(kn_last_error(), #expr " set no error");                        \
-        cr_assert(strstr(kn_last_error(), text), "message '%s' lacks '%s'",       \
-                  kn_last_error(), text);                                         \
-    } while (0)
 
 /* ---- dimensioned tensors: the wider dtype of the higher category ---- */
 

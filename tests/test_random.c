@@ -3,10 +3,7 @@
 #include "helpers.h"
 #include <math.h>
 
-static int64_t live0;
-static void setup(void) { kn_clear_error(); live0 = kn_live_tensors(); kn_pool_push(); }
-static void teardown(void) { kn_pool_pop(); kn_set_num_threads(0); cr_assert_eq(kn_live_tensors(), live0); }
-TestSuite(random, .init = setup, .fini = teardown);
+KN_SUITE(random, KN_NO_SEED);
 
 Test(random, seed_reproduces) {
     kn_manual_seed(42);

@@ -4,19 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int64_t live0;
-static void setup(void) { kn_clear_error(); live0 = kn_live_tensors(); kn_pool_push(); }
-static void teardown(void) { kn_pool_pop(); cr_assert_eq(kn_live_tensors(), live0); }
-TestSuite(shape, .init = setup, .fini = teardown);
+KN_SUITE(shape, KN_NO_SEED);
 
-#define EXPECT_ERR(expr, text)                                                    \
-    do {                                                                          \
-        kn_clear_error();                                                         \
-        cr_assert_null((expr), #expr " should fail");                             \
-        cr_assert(kn_last_error(), #expr " set no error");                        \
-        cr_assert(strstr(kn_last_error(), text), "message '%s' lacks '%s'",       \
-                  kn_last_error(), text);                                         \
-    } while (0)
 
 /* expr's tensor, asserting it is not NULL */
 static kn_tensor *ok_(kn_tensor *r, const char *expr) {

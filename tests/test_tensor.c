@@ -4,10 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int64_t live0;
-static void setup(void) { kn_clear_error(); live0 = kn_live_tensors(); kn_pool_push(); }
-static void teardown(void) { kn_pool_pop(); cr_assert_eq(kn_live_tensors(), live0, "tensors leaked"); }
-TestSuite(tensor, .init = setup, .fini = teardown);
+KN_SUITE(tensor, KN_NO_SEED);
 
 Test(tensor, zeros_ones_full) {
     kn_tensor *z = kn_zeros(KN_SHAPE(2, 3), KN_F32);
