@@ -294,7 +294,7 @@ Test(autograd, mixed_dtype_grads_match_leaf_dtype) {
 
 /* The graph's memory goes away with its tensors: no cycles, no leaks. */
 Test(autograd, graph_is_freed_with_the_pool) {
-    kn_tensor *x = kn_set_requires_grad(TF32(KN_SHAPE(64), 0), true);
+    kn_tensor *x = kn_set_requires_grad(kn_zeros(KN_SHAPE(64), KN_F32), true);
     int64_t before = kn_live_tensors();
     for (int i = 0; i < 50; i++) {
         kn_pool_push();
