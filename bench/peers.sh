@@ -13,7 +13,7 @@ torch=$("$venv/bin/python" bench/peers/torch_mlp.py | grep '^{')
 echo "$kiln"
 echo "$torch"
 for b in 64 256; do
-    k=$(grep "mlp_step_b$b\"" <<<"$kiln" | sed 's/.*"us_per_step":\([0-9.]*\).*/\1/')
-    t=$(grep "torch_mlp_step_b$b\"" <<<"$torch" | sed 's/.*"us_per_step":\([0-9.]*\).*/\1/')
+    k=$(grep "mlp_step_b$b\"" <<<"$kiln" | sed 's/.*"us_per_step": *\([0-9.]*\).*/\1/')
+    t=$(grep "torch_mlp_step_b$b\"" <<<"$torch" | sed 's/.*"us_per_step": *\([0-9.]*\).*/\1/')
     awk -v b="$b" -v k="$k" -v t="$t" 'BEGIN { printf "batch %s: kiln %.1f us, torch %.1f us, torch/kiln %.2f\n", b, k, t, t / k }'
 done

@@ -1,27 +1,31 @@
 /* A small fork-join pool: the caller runs chunk 0, workers the rest. Work
- * below 2 * grain runs inline, so small tensors never pay for threading. */
+ * below 2 * grain runs inline, so small tensors never pay for threading.
+ * Workers spin briefly before sleeping: a training step issues hundreds of
+ * parallel ops back to back, and a futex wake per op cost more than the ops. */
 #include "../../core/internal.h"
+#include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #define MAX_THREADS 64
+#define SPIN_ROUNDS 20000  /* about 50-100 us of pause instructions */
 
 static struct {
     pthread_once_t once;
     pthread_mutex_t run_lock;   /* one parallel region at a time */
-    pthread_mutex_t lock;
-    pthread_cond_t wake, done;
+    pthread_mutex_t lock;       /* guards sleeping and the condvar */
+    pthread_cond_t wake;
     int nworkers, nthreads;     /* started workers; threads used (incl. caller) */
-    uint64_t generation;
-    int pending;
+    atomic_ulong generation;    /* bumped once per parallel region */
+    atomic_int pending;         /* chunks not yet finished by workers */
+    atomic_int sleepers;
     kn_range_fn fn;
     void *ctx;
     int64_t n;
     int nchunks;
 } P = {.once = PTHREAD_ONCE_INIT, .run_lock = PTHREAD_MUTEX_INITIALIZER,
-       .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
-       .done = PTHREAD_COND_INITIALIZER};
+       .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 static _Thread_local bool in_region;  /* nested calls run inline */
 
@@ -30,19 +34,32 @@ static void run_chunk(int c) {
     if (b < e) P.fn(P.ctx, b, e);
 }
 
+/* Waits until the generation moves past seen: spin first, then sleep. */
+static unsigned long await_generation(unsigned long seen) {
+    for (int i = 0; i < SPIN_ROUNDS; i++) {
+        unsigned long g = atomic_load_explicit(&P.generation, memory_order_acquire);
+        if (g != seen) return g;
+        _mm_pause();
+    }
+    pthread_mutex_lock(&P.lock);
+    atomic_fetch_add(&P.sleepers, 1);
+    unsigned long g;
+    while ((g = atomic_load_explicit(&P.generation, memory_order_acquire)) == seen)
+        pthread_cond_wait(&P.wake, &P.lock);
+    atomic_fetch_sub(&P.sleepers, 1);
+    pthread_mutex_unlock(&P.lock);
+    return g;
+}
+
 static void *worker(void *arg) {
     int id = (int)(intptr_t)arg;  /* chunk id: 1..nworkers */
-    uint64_t seen = 0;
+    unsigned long seen = 0;
     in_region = true;
-    pthread_mutex_lock(&P.lock);
     for (;;) {
-        while (P.generation == seen) pthread_cond_wait(&P.wake, &P.lock);
-        seen = P.generation;
+        seen = await_generation(seen);
         if (id >= P.nchunks) continue;
-        pthread_mutex_unlock(&P.lock);
         run_chunk(id);
-        pthread_mutex_lock(&P.lock);
-        if (--P.pending == 0) pthread_cond_signal(&P.done);
+        atomic_fetch_sub_explicit(&P.pending, 1, memory_order_release);
     }
     return NULL;
 }
@@ -90,20 +107,20 @@ void kn__parallel_for(int64_t n, int64_t grain, kn_range_fn fn, void *ctx) {
         return;
     }
     pthread_mutex_lock(&P.run_lock);
-    pthread_mutex_lock(&P.lock);
     P.fn = fn;
     P.ctx = ctx;
     P.n = n;
     P.nchunks = chunks;
-    P.pending = chunks - 1;
-    P.generation++;
-    pthread_cond_broadcast(&P.wake);
-    pthread_mutex_unlock(&P.lock);
+    atomic_store(&P.pending, chunks - 1);
+    atomic_fetch_add_explicit(&P.generation, 1, memory_order_release);
+    if (atomic_load(&P.sleepers) > 0) {
+        pthread_mutex_lock(&P.lock);
+        pthread_cond_broadcast(&P.wake);
+        pthread_mutex_unlock(&P.lock);
+    }
     in_region = true;
     run_chunk(0);
     in_region = false;
-    pthread_mutex_lock(&P.lock);
-    while (P.pending > 0) pthread_cond_wait(&P.done, &P.lock);
-    pthread_mutex_unlock(&P.lock);
+    while (atomic_load_explicit(&P.pending, memory_order_acquire) > 0) _mm_pause();
     pthread_mutex_unlock(&P.run_lock);
 }
