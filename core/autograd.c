@@ -1,6 +1,7 @@
 /* The autograd engine: grad mode, recording nodes, and backward. The
  * derivative rules themselves live in core/derivatives.c. */
 #include "autograd.h"
+#include "../trace/trace.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,17 +28,24 @@ kn_tensor *kn_set_requires_grad(kn_tensor *t, bool on) {
 
 bool kn_requires_grad(const kn_tensor *t) { return t && t->requires_grad; }
 bool kn_is_leaf(const kn_tensor *t) { return t && !t->grad_fn; }
-kn_tensor *kn_grad(const kn_tensor *t) { return t ? t->grad : NULL; }
+kn_tensor *kn_grad(const kn_tensor *t) {
+    if (!t) return NULL;
+    if (kn__trace && t->grad) kn__trace_grad_read((kn_tensor *)t, t->grad);
+    return t->grad;
+}
 
 void kn_zero_grad(kn_tensor *t) {
     if (!t) return;
+    if (kn__trace) kn__trace_zero_grad(t);
     kn_release(t->grad);
     t->grad = NULL;
 }
 
 kn_tensor *kn_detach(kn_tensor *t) {
     KN_CHECK("kn_detach", t);
-    return kn__view(t, t->shape, t->strides, t->ndim, t->offset);
+    kn_tensor *d = kn__view(t, t->shape, t->strides, t->ndim, t->offset);
+    kn__trace_alias(d, t);
+    return d;
 }
 
 /* ---- recording ---- */
@@ -66,8 +74,12 @@ static void node_free_saved(kn_node *n) {
 }
 
 kn_tensor *kn__record(kn_op op, kn_tensor *out, kn_tensor *const *in, int nin, const kn_params *p) {
-    if (!out || !kn__needs_grad(in, nin)) return out;
+    if (!out) return NULL;
+    if (kn__trace) kn__trace_op(op, out, in, nin, p);
+    if (!kn__needs_grad(in, nin) || !kn__is_float(out->dtype)) return out;
     if (!kn_derivatives[op].rule) return out;  /* not differentiable: argmax, comparisons */
+    for (int i = 0; i < nin; i++)
+        if (in[i] == out) return out;  /* an op that returned its input: nothing to record */
     kn_node *n = calloc(1, sizeof *n);
     if (n) {
         n->in = calloc((size_t)nin, sizeof *n->in);
@@ -89,6 +101,7 @@ kn_tensor *kn__record(kn_op op, kn_tensor *out, kn_tensor *const *in, int nin, c
     if (kn_derivatives[op].saves_out) {
         /* An alias without grad_fn: holding out itself would be a cycle. */
         n->out = kn_keep(kn__view(out, out->shape, out->strides, out->ndim, out->offset));
+        kn__trace_alias(n->out, out);
         n->out_version = atomic_load(&out->storage->version);
     }
     out->requires_grad = true;
@@ -258,6 +271,7 @@ apply:
         }
         kn_release(leaf->grad);
         leaf->grad = kn_keep(ng);
+        kn__trace_set_grad(leaf, ng);
     }
     if (!create_graph)
         for (int64_t i = 0; i < all.n; i++) node_free_saved(all.v[i]);

@@ -27,6 +27,7 @@ struct kn_tensor {
     int pool_level;               /* 1-based depth of its latest pool entry; 0 none */
     bool wrapped;                 /* made from a C number (_scalar forms): weak dtype */
     bool requires_grad;
+    uint32_t trace_stamp;         /* id of the trace it was created in; 0 none */
     struct kn_tensor *grad;       /* leaves: accumulated gradient, owned */
     struct kn_node *grad_fn;      /* non-leaves: the node that made it, owned */
 };

@@ -1,5 +1,6 @@
 /* Tensors and storage: allocation, refcounts, pools, views, inspection. */
 #include "autograd.h"
+#include "../trace/trace.h"
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -209,6 +210,7 @@ static kn_tensor *tensor_new(kn_storage *s, kn_dtype dt, const int64_t *shape,
     }
     t->offset = offset;
     t->storage = s;
+    t->trace_stamp = kn__trace_stamp;
     atomic_fetch_add(&live_tensors, 1);
     pool_add(t);
     return t;
@@ -287,7 +289,10 @@ const int64_t *kn_shape(const kn_tensor *t) { return t ? t->shape : NULL; }
 const int64_t *kn_strides(const kn_tensor *t) { return t ? t->strides : NULL; }
 kn_dtype kn_dtype_of(const kn_tensor *t) { return t ? t->dtype : KN_DTYPE_COUNT; }
 int64_t kn_numel(const kn_tensor *t) { return t ? kn__numel(t->shape, t->ndim) : -1; }
-void *kn_data(const kn_tensor *t) { return t ? kn__ptr(t) : NULL; }
+void *kn_data(const kn_tensor *t) {
+    if (!t) return kn__null_arg("kn_data");
+    return kn__trace_read_error("kn_data", t) ? NULL : kn__ptr(t);
+}
 
 bool kn_is_contiguous(const kn_tensor *t) {
     if (!t) return false;
@@ -302,6 +307,7 @@ bool kn_is_contiguous(const kn_tensor *t) {
 
 int kn_copy_out(const kn_tensor *t, void *buf, size_t nbytes) {
     if (!t || !buf) return kn__null_arg("kn_copy_out"), -1;
+    if (kn__trace_read_error("kn_copy_out", t)) return -1;
     size_t need = (size_t)kn_numel(t) * kn_dtype_size(t->dtype);
     if (nbytes < need) {
         kn__error("kn_copy_out: buffer of %zu bytes is too small (need %zu)", nbytes, need);
@@ -322,6 +328,7 @@ int kn_copy_out(const kn_tensor *t, void *buf, size_t nbytes) {
 
 double kn_item(const kn_tensor *t) {
     if (!t) return kn__null_arg("kn_item"), (double)NAN;
+    if (kn__trace_read_error("kn_item", t)) return (double)NAN;
     if (kn_numel(t) != 1) {
         char b[KN_SHAPE_BUF];
         kn__error("kn_item: tensor of shape %s has %lld elements (expected 1)",

@@ -312,5 +312,5 @@ kn_tensor *kn_cast(kn_tensor *x, kn_dtype dt) {
     if ((unsigned)dt >= KN_DTYPE_COUNT) return kn__error("kn_cast: invalid dtype %d", (int)dt);
     kn_tensor *out = kn__alloc(x->shape, x->ndim, dt);
     if (out) kn__copy(out, x);
-    return kn__is_float(dt) ? kn__record(KN_OP_cast, out, &x, 1, NULL) : out;
+    return kn__record(KN_OP_cast, out, &x, 1, NULL);
 }

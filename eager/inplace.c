@@ -1,6 +1,6 @@
 /* In-place ops, for optimizers and buffers. Each computes out of place and
  * copies back: simple, and the copy is cheap next to the ops optimizers do. */
-#include "../core/autograd.h"
+#include "../trace/trace.h"
 #include <string.h>
 
 /* In-place writes and autograd: a leaf that requires grad may only be
@@ -31,6 +31,7 @@ static int write_back(const char *op, kn_tensor *t, kn_tensor *r) {
     } else {
         kn__copy(t, r);
         kn__bump_version(t);
+        kn__trace_write(t, r);
     }
     kn__drop(r);
     return rc;
@@ -78,6 +79,7 @@ int kn_copy_(kn_tensor *t, kn_tensor *src) {
     if (!s) return -1;
     kn__copy(t, s);
     kn__bump_version(t);
+    kn__trace_write(t, s);
     kn__drop(s);
     return 0;
 }
@@ -88,6 +90,7 @@ int kn_fill_(kn_tensor *t, double value) {
     if (!v) return -1;
     kn__copy(t, v);
     kn__bump_version(t);
+    kn__trace_write(t, v);
     kn__drop(v);
     return 0;
 }

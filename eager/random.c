@@ -1,7 +1,7 @@
 /* rand and randn from the Philox stream. Element i of a call uses draw
  * offset + i (randn: offset + 2i and 2i+1), so results do not depend on how
  * the work is split across threads, nor on eager vs traced execution. */
-#include "../core/internal.h"
+#include "../core/autograd.h"
 #include "../core/scalar.h"
 
 typedef struct { void *out; kn_dtype dt; uint64_t seed, offset; bool normal; } rng_ctx;
@@ -44,7 +44,7 @@ static kn_tensor *sample(const char *op, const int64_t *shape, int ndim, kn_dtyp
     rng_ctx c = {kn__ptr(t), dt, 0, 0, normal};
     kn__philox_reserve((uint64_t)n * 4, &c.seed, &c.offset);
     kn__parallel_for(n, 1 << 14, fill, &c);
-    return t;
+    return kn__record(normal ? KN_OP_randn : KN_OP_rand, t, NULL, 0, NULL);
 }
 
 kn_tensor *kn_rand(const int64_t *shape, int ndim, kn_dtype dt) { return sample("kn_rand", shape, ndim, dt, false); }

@@ -225,4 +225,5 @@ int kn_get_num_threads(void);
 #include "kiln/checkpoint.h"
 #include "kiln/data.h"
 #include "kiln/nn.h"
+#include "kiln/function.h"
 #endif

@@ -11,9 +11,10 @@ struct kn_optim {
     int n;
     kn_tensor **params;      /* retained */
     kn_tensor **m, **v;      /* per-parameter state (momentum buffer / moments), owned */
-    double lr, b1, b2, eps, wd, momentum;
+    kn_tensor **t;           /* steps taken, per parameter (as in torch): 0-dim f64, owned */
+    kn_tensor *lr;           /* 0-dim f64, owned */
+    double b1, b2, eps, wd, momentum;
     bool nesterov;
-    int64_t *t;              /* steps taken, per parameter (as in torch) */
 };
 
 static kn_optim *optim_new(opt_kind kind, kn_tensor *const *params, int n, double lr) {
@@ -38,7 +39,12 @@ static kn_optim *optim_new(opt_kind kind, kn_tensor *const *params, int n, doubl
     }
     o->kind = kind;
     o->n = n;
-    o->lr = lr;
+    /* The learning rate and step counts are tensors, not C numbers, so that a
+     * traced step reads their current values instead of baking them in. */
+    if (!(o->lr = kn_keep(kn_scalar(lr, KN_F64)))) {
+        kn_optim_free(o);
+        return NULL;
+    }
     for (int i = 0; i < n; i++) o->params[i] = kn_retain(params[i]);
     return o;
 }
@@ -98,22 +104,26 @@ static int sgd_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
         }
         g = o->nesterov ? kn_add(g, kn_mul_scalar(o->m[i], o->momentum)) : o->m[i];
     }
-    return kn_sub_(p, kn_mul_scalar(g, o->lr));
+    return kn_sub_(p, kn_mul(g, o->lr));
 }
 
 /* PyTorch's Adam: m, v moments; step = lr / (1 - b1^t); denom = sqrt(v) /
  * sqrt(1 - b2^t) + eps. AdamW decays the weight before the step. */
 static int adam_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
-    if (!o->m[i] && (!(o->m[i] = state_like(p)) || !(o->v[i] = state_like(p)))) return -1;
-    if (o->kind == OPT_ADAMW && o->wd != 0 && kn_mul_scalar_(p, 1 - o->lr * o->wd) != 0) return -1;
+    if (!o->m[i] && (!(o->m[i] = state_like(p)) || !(o->v[i] = state_like(p)) ||
+                     !(o->t[i] = kn_keep(kn_scalar(0, KN_F64)))))
+        return -1;
+    if (o->kind == OPT_ADAMW && o->wd != 0 && kn_mul_(p, kn_add_scalar(kn_mul_scalar(o->lr, -o->wd), 1)) != 0)
+        return -1;
     if (o->kind == OPT_ADAM && o->wd != 0) g = kn_add(g, kn_mul_scalar(p, o->wd));
     if (kn_mul_scalar_(o->m[i], o->b1) != 0 || kn_add_(o->m[i], kn_mul_scalar(g, 1 - o->b1)) != 0 ||
         kn_mul_scalar_(o->v[i], o->b2) != 0 || kn_add_(o->v[i], kn_mul_scalar(kn_mul(g, g), 1 - o->b2)) != 0)
         return -1;
-    double t = (double)++o->t[i];
-    double bc1 = 1 - pow(o->b1, t), bc2 = 1 - pow(o->b2, t);
-    kn_tensor *denom = kn_add_scalar(kn_div_scalar(kn_sqrt(o->v[i]), sqrt(bc2)), o->eps);
-    return kn_sub_(p, kn_mul_scalar(kn_div(o->m[i], denom), o->lr / bc1));
+    if (kn_add_scalar_(o->t[i], 1) != 0) return -1;
+    kn_tensor *bc1 = kn_add_scalar(kn_neg(kn_pow(kn_scalar(o->b1, KN_F64), o->t[i])), 1);
+    kn_tensor *bc2 = kn_add_scalar(kn_neg(kn_pow(kn_scalar(o->b2, KN_F64), o->t[i])), 1);
+    kn_tensor *denom = kn_add_scalar(kn_div(kn_sqrt(o->v[i]), kn_sqrt(bc2)), o->eps);
+    return kn_sub_(p, kn_mul(kn_div(o->m[i], denom), kn_div(o->lr, bc1)));
 }
 
 int kn_optim_step(kn_optim *o) {
@@ -136,7 +146,7 @@ void kn_optim_zero_grad(kn_optim *o) {
 }
 
 void kn_optim_set_lr(kn_optim *o, double lr) {
-    if (o) o->lr = lr;
+    if (o) kn_fill_(o->lr, lr);
 }
 
 void kn_optim_free(kn_optim *o) {
@@ -145,7 +155,9 @@ void kn_optim_free(kn_optim *o) {
         if (o->params) kn_release(o->params[i]);
         if (o->m) kn_release(o->m[i]);
         if (o->v) kn_release(o->v[i]);
+        if (o->t) kn_release(o->t[i]);
     }
+    kn_release(o->lr);
     free(o->params);
     free(o->m);
     free(o->v);

@@ -2,8 +2,9 @@
  * core/scalar.h against double-precision libm.
  *
  *   scalar_accuracy          thorough: every one of the 2^32 float inputs of
- *                            each unary function (a few minutes on 2 cores)
- *   scalar_accuracy quick    every 97th bit pattern (< 10 s on 2 cores)
+ *                            each unary function (~14 CPU-minutes, so ~7 min
+ *                            on 2 idle cores; one thread per core)
+ *   scalar_accuracy quick    every 97th bit pattern (~8 CPU-seconds)
  *
  * Error metric: |got - ref| / ulp(float(ref)) where ref is the double result
  * and ulp() the float spacing at float(ref) (2^-149 at and below the
@@ -11,11 +12,11 @@
  * absolute tolerance is used anywhere.  A NaN where the reference is not
  * NaN (or vice versa), an infinity where the reference is finite in float,
  * or a zero of the wrong sign counts as an unbounded error.
- * sin/cos are held to their bound for |x| <= 5e5 (the documented range);
- * for 5e5 < |x| < 2^24 the error is printed for information only, and above
- * that only |result| <= 1 is checked.
+ * sin/cos are held to their bound for |x| <= 1e6 (the documented range);
+ * for 1e6 < |x| < 2^24 the error is printed for information only, and for
+ * every finite |x| > 1e6 |result| <= 1 is checked.
  * Binary functions (add .. pow, clamp) are checked on special-value grids
- * and on pseudo-random inputs.
+ * and on pseudo-random inputs; f64 versions on special values.
  * Exit status: 0 if every function is within its bound and every special
  * value is right, 1 otherwise. */
 #define _POSIX_C_SOURCE 200809L
@@ -324,9 +325,9 @@ static void check_specials_f64(void) {
     SPECIAL64(kn_s_clamp_f64(5.0, 0.0, 1.0), 1.0); SPECIAL64(kn_s_clamp_f64(nan, 0.0, 1.0), nan);
     SPECIAL64(kn_s_pow_f64(-2.0, 3.0), -8.0); SPECIAL64(kn_s_pow_f64(-2.0, 0.5), nan);
     SPECIAL64(kn_s_pow_f64(nan, 0.0), 1.0);
-    /* relative accuracy of the gelu tails in f64 */
+    /* the f64 gelu tail must not cancel (1 + erf(-7.07) == 0 in double) */
     double g = kn_s_gelu_f64(-10.0), gr = -10.0 * 0.5 * erfc(10.0 / sqrt(2.0));
-    if (!(fabs(g - gr) <= 1e-14 * fabs(gr))) { printf("special FAIL: gelu_f64(-10) = %a\n", g); g_fail = 1; }
+    if (!(fabs(g - gr) <= 1e-12 * fabs(gr))) { printf("special FAIL: gelu_f64(-10) = %a\n", g); g_fail = 1; }
     n_special++;
 }
 

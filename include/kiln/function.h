@@ -1,0 +1,51 @@
+/* kn_function: tf.function for C. Included by kiln.h.
+ *
+ * The first call with a new input signature runs the body eagerly while
+ * recording every op into a graph (the trace). Later calls with the same
+ * signature replay the graph: no C control flow of the body runs again, so
+ * branches on C values (flags in ctx, loop counts) are baked into the trace,
+ * as with tf.function. Tensors the body reaches that are not inputs
+ * (parameters through ctx) are captured by reference: every call reads their
+ * current values. In-place writes to them (optimizer steps) and kn_backward
+ * inside the body are replayed too, so a whole training step can be one
+ * kn_fn. Reading a value (kn_item, kn_copy_out, kn_data) while tracing is an
+ * error: it would bake one call's data into every later call.
+ */
+#ifndef KILN_FUNCTION_H
+#define KILN_FUNCTION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct kn_fn kn_fn;
+/* The body: reads in[0..nin), sets out[0..nout); returns 0, or nonzero on error. */
+typedef int (*kn_body)(void *ctx, kn_tensor *const *in, kn_tensor **out);
+
+/* Borrowed name and ctx must outlive the kn_fn. Returns a new kn_fn (free
+ * with kn_fn_free), or NULL with an error. opts may be NULL (reserved). */
+kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout, const void *opts);
+/* Runs f: sets out[0..nout) to new references (owned like op results), or
+ * returns -1 with an error and sets none. */
+int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out);
+void kn_fn_free(kn_fn *f);
+
+typedef struct {
+    int64_t calls, traces, hits, eager_calls;
+    double trace_seconds;     /* recording the first calls */
+    int64_t nodes;            /* nodes in the newest plan, after dead-code elimination */
+} kn_fn_stats_t;
+kn_fn_stats_t kn_fn_stats(const kn_fn *f);
+/* The newest plan as readable text. */
+void kn_fn_dump(const kn_fn *f, FILE *out);
+/* Runs every kn_fn body eagerly (also KN_EAGER=1), for debugging with gdb. */
+void kn_run_functions_eagerly(bool on);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

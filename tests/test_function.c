@@ -1,0 +1,308 @@
+/* kn_function: traced calls agree with eager ones, plans are reused, and the
+ * contracts (capture by reference, in-place write-back, backward inside the
+ * body, random streams, the data-read error) hold. */
+#include "helpers.h"
+#include <stdlib.h>
+
+KN_SUITE(function, 7);
+
+typedef kn_tensor *(*op1)(kn_tensor *const *in);
+typedef struct { op1 f; } op_ctx;
+
+static int apply_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    out[0] = ((op_ctx *)ctx)->f(in);
+    return out[0] ? 0 : -1;
+}
+
+#define OP(name, expr) static kn_tensor *name(kn_tensor *const *in) { return (expr); }
+OP(o_exp, kn_exp(in[0]))
+OP(o_log, kn_log(kn_abs(in[0])))
+OP(o_sqrt, kn_sqrt(kn_abs(in[0])))
+OP(o_rsqrt, kn_rsqrt(kn_add_scalar(kn_abs(in[0]), 1)))
+OP(o_tanh, kn_tanh(in[0]))
+OP(o_sigmoid, kn_sigmoid(in[0]))
+OP(o_sin, kn_sin(in[0]))
+OP(o_cos, kn_cos(in[0]))
+OP(o_erf, kn_erf(in[0]))
+OP(o_gelu, kn_gelu(in[0], KN_GELU_ERF))
+OP(o_gelu_tanh, kn_gelu(in[0], KN_GELU_TANH))
+OP(o_neg, kn_neg(in[0]))
+OP(o_relu, kn_relu(in[0]))
+OP(o_clamp, kn_clamp(in[0], -0.3, 0.4))
+OP(o_add, kn_add(in[0], in[1]))
+OP(o_sub, kn_sub(in[0], in[1]))
+OP(o_mul, kn_mul(in[0], in[1]))
+OP(o_div, kn_div(in[0], in[1]))
+OP(o_pow, kn_pow(kn_abs(in[0]), in[1]))
+OP(o_pow_scalar, kn_pow_scalar(in[0], 3))
+OP(o_maximum, kn_maximum(in[0], in[1]))
+OP(o_minimum, kn_minimum(in[0], in[1]))
+OP(o_cmp, kn_cast(kn_logical_or(kn_lt(in[0], in[1]), kn_logical_not(kn_ge(in[0], in[1]))), KN_F32))
+OP(o_eqne, kn_cast(kn_logical_and(kn_eq(in[0], in[0]), kn_ne(in[0], in[1])), KN_I64))
+OP(o_where, kn_where(kn_gt(in[0], in[1]), in[0], in[1]))
+OP(o_sum, kn_sum(in[0], KN_DIMS(0), false))
+OP(o_mean, kn_mean(in[0], KN_DIMS(-1), true))
+OP(o_max, kn_max(in[0], KN_ALL_DIMS, false))
+OP(o_min, kn_min(in[0], KN_DIMS(1), false))
+OP(o_var, kn_var(in[0], KN_DIMS(1), 1, false))
+OP(o_lse, kn_logsumexp(in[0], KN_DIMS(0, 1), false))
+OP(o_argmax, kn_argmax(in[0], 1, false))
+OP(o_argmin, kn_argmin(in[0], 0, true))
+OP(o_reshape, kn_reshape(in[0], KN_SHAPE(-1)))
+OP(o_transpose, kn_contiguous(kn_transpose(in[0], 0, 1)))
+OP(o_permute, kn_permute(in[0], KN_DIMS(1, 0)))
+OP(o_slice, kn_slice(in[0], 1, 1, 5, 2))
+OP(o_expand, kn_expand(kn_unsqueeze(in[0], 0), KN_SHAPE(3, -1, -1)))
+OP(o_squeeze, kn_squeeze(kn_unsqueeze(in[0], 2), 2))
+OP(o_cat, kn_cat(in, 2, 0))
+OP(o_stack, kn_stack(in, 2, 1))
+OP(o_gather, kn_gather(in[0], 1, kn_cast(kn_gt(in[1], in[0]), KN_I64)))
+OP(o_index_select, kn_index_select(in[0], 1, kn_arange(0, 3, 1, KN_I64)))
+OP(o_scatter_add, kn_scatter_add(in[0], 1, kn_cast(kn_gt(in[1], in[0]), KN_I64), in[1]))
+OP(o_index_add, kn_index_add(in[0], 0, kn_arange(0, 4, 1, KN_I64), in[1]))
+OP(o_matmul, kn_matmul(in[0], kn_transpose(in[1], 0, 1)))
+OP(o_linear, kn_linear(in[0], in[1], kn_sum(in[1], KN_DIMS(1), false)))
+OP(o_softmax, kn_softmax(in[0], 1))
+OP(o_log_softmax, kn_log_softmax(in[0], 0))
+OP(o_layer_norm, kn_layer_norm(in[0], 1, NULL, NULL, 1e-5))
+OP(o_cross_entropy, kn_cross_entropy(in[0], kn_argmax(in[1], 1, false), KN_REDUCE_MEAN))
+OP(o_nll, kn_nll_loss(kn_log_softmax(in[0], 1), kn_argmin(in[1], 1, false), KN_REDUCE_SUM))
+OP(o_mse, kn_mse_loss(in[0], in[1], KN_REDUCE_MEAN))
+OP(o_conv, kn_conv2d(kn_reshape(in[0], KN_SHAPE(1, 1, 4, 6)), kn_reshape(kn_slice(in[1], 1, 0, 3, 1), KN_SHAPE(1, 1, 3, 4)), NULL, 1, 1))
+OP(o_pool, kn_max_pool2d(kn_reshape(in[0], KN_SHAPE(1, 1, 4, 6)), 2, 2, 0))
+
+static const struct { const char *name; op1 f; } ops[] = {
+#define E(n) {#n, o_##n}
+    E(exp), E(log), E(sqrt), E(rsqrt), E(tanh), E(sigmoid), E(sin), E(cos), E(erf), E(gelu),
+    E(gelu_tanh), E(neg), E(relu), E(clamp), E(add), E(sub), E(mul), E(div), E(pow),
+    E(pow_scalar), E(maximum), E(minimum), E(cmp), E(eqne), E(where), E(sum), E(mean), E(max),
+    E(min), E(var), E(lse), E(argmax), E(argmin), E(reshape), E(transpose), E(permute), E(slice),
+    E(expand), E(squeeze), E(cat), E(stack), E(gather), E(index_select), E(scatter_add),
+    E(index_add), E(matmul), E(linear), E(softmax), E(log_softmax), E(layer_norm),
+    E(cross_entropy), E(nll), E(mse), E(conv), E(pool),
+};
+
+/* Every op: the tracing call and two replays equal eager bit for bit. */
+Test(function, every_op_matches_eager) {
+    kn_tensor *in[2] = {kn_randn(KN_SHAPE(4, 6), KN_F32), kn_randn(KN_SHAPE(4, 6), KN_F32)};
+    for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
+        op_ctx c = {ops[i].f};
+        kn_tensor *want = ops[i].f(in);
+        cr_assert(want, "%s eager: %s", ops[i].name, kn_last_error());
+        kn_fn *f = kn_function(ops[i].name, apply_body, &c, 2, 1, NULL);
+        for (int call = 0; call < 3; call++) {
+            kn_tensor *got;
+            cr_assert_eq(kn_call(f, in, &got), 0, "%s call %d: %s", ops[i].name, call, kn_last_error());
+            cr_log_info("%s call %d", ops[i].name, call);
+            assert_equal(got, want);
+        }
+        kn_fn_stats_t s = kn_fn_stats(f);
+        cr_assert_eq(s.traces, 1, "%s traced %lld times", ops[i].name, (long long)s.traces);
+        cr_assert_eq(s.hits, 2, "%s", ops[i].name);
+        kn_fn_free(f);
+    }
+}
+
+/* Gradients: kn_backward inside the body, returning the leaf's gradient. */
+typedef struct { op1 f; kn_tensor *x, *y; } grad_ctx;
+static int grad_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    grad_ctx *c = ctx;
+    kn_zero_grad(c->x);
+    kn_tensor *xy[2] = {c->x, c->y};
+    kn_tensor *loss = kn_sum(kn_mul(c->f(xy), in[0]), KN_ALL_DIMS, false);
+    if (!loss || kn_backward(loss, NULL) != 0) return -1;
+    out[0] = kn_grad(c->x);
+    return 0;
+}
+
+Test(function, backward_inside_the_body_matches_eager) {
+    static const op1 diff[] = {o_exp, o_tanh, o_gelu, o_mul, o_div, o_mean, o_var, o_lse, o_matmul,
+                               o_softmax, o_log_softmax, o_layer_norm, o_cross_entropy, o_slice, o_cat};
+    for (size_t i = 0; i < sizeof diff / sizeof *diff; i++) {
+        grad_ctx c = {diff[i], kn_set_requires_grad(kn_randn(KN_SHAPE(4, 6), KN_F32), true),
+                      kn_randn(KN_SHAPE(4, 6), KN_F32)};
+        kn_tensor *xy[2] = {c.x, c.y};
+        kn_tensor *w = kn_randn(kn_shape(diff[i](xy)), kn_ndim(diff[i](xy)), KN_F32);
+        kn_tensor *want;
+        cr_assert_eq(grad_body(&c, &w, &want), 0, "eager %zu: %s", i, kn_last_error());
+        want = kn_contiguous(want);
+        kn_fn *f = kn_function("grad", grad_body, &c, 1, 1, NULL);
+        for (int call = 0; call < 3; call++) {
+            kn_tensor *got;
+            cr_assert_eq(kn_call(f, &w, &got), 0, "op %zu call %d: %s", i, call, kn_last_error());
+            assert_equal(got, want);
+            assert_equal(kn_grad(c.x), want);
+        }
+        cr_assert_eq(kn_fn_stats(f).traces, 1);
+        kn_fn_free(f);
+    }
+}
+
+static int scale_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    out[0] = kn_mul(kn_add(in[0], (kn_tensor *)ctx), kn_scalar(2, KN_F32));
+    return out[0] ? 0 : -1;
+}
+
+Test(function, retraces_on_new_signatures_only) {
+    kn_tensor *w = kn_ones(KN_SHAPE(3), KN_F32);
+    kn_fn *f = kn_function("scale", scale_body, w, 1, 1, NULL);
+    const int64_t batches[] = {1, 7, 64, 64, 7};
+    kn_tensor *out;
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_zeros(KN_SHAPE(batches[i], 3), KN_F32)}, &out), 0);
+    cr_assert_eq(kn_fn_stats(f).traces, 3, "plans are per exact shape: 1, 7, 64");
+    cr_assert_eq(kn_fn_stats(f).hits, 2);
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_zeros(KN_SHAPE(7, 3), KN_F64)}, &out), 0);
+    cr_assert_eq(kn_fn_stats(f).traces, 4, "a new dtype retraces");
+    cr_assert_eq(kn_dtype_of(out), KN_F64);
+    kn_fn_free(f);
+}
+
+Test(function, captures_are_read_by_reference) {
+    kn_tensor *w = kn_ones(KN_SHAPE(3), KN_F32);
+    kn_fn *f = kn_function("scale", scale_body, w, 1, 1, NULL);
+    kn_tensor *x = kn_zeros(KN_SHAPE(2, 3), KN_F32), *out;
+    cr_assert_eq(kn_call(f, &x, &out), 0);
+    cr_assert_eq(at(out, 0), 2);
+    cr_assert_eq(kn_fill_(w, 5), 0);  /* like an optimizer step between calls */
+    cr_assert_eq(kn_call(f, &x, &out), 0);
+    cr_assert_eq(at(out, 0), 10, "the replay must read w's current values");
+    cr_assert_eq(kn_fn_stats(f).hits, 1);
+    kn_fn_free(f);
+}
+
+static int count_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    kn_tensor *counter = ctx;
+    if (kn_add_(counter, in[0]) != 0) return -1;
+    out[0] = kn_mul_scalar(counter, 10);
+    return out[0] ? 0 : -1;
+}
+
+Test(function, in_place_writes_are_replayed) {
+    kn_tensor *counter = kn_zeros(KN_SHAPE(2), KN_F32), *one = kn_ones(KN_SHAPE(2), KN_F32), *out;
+    kn_fn *f = kn_function("count", count_body, counter, 1, 1, NULL);
+    for (int i = 1; i <= 4; i++) {
+        cr_assert_eq(kn_call(f, &one, &out), 0, "%s", kn_last_error());
+        cr_assert_eq(at(counter, 1), i, "call %d", i);
+        cr_assert_eq(at(out, 0), 10 * i);
+    }
+    cr_assert_eq(kn_fn_stats(f).traces, 1);
+    kn_fn_free(f);
+}
+
+static int item_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    double s = kn_item(kn_sum(in[0], KN_ALL_DIMS, false));
+    out[0] = s > 0 ? kn_exp(in[0]) : kn_neg(in[0]);
+    return s == s ? 0 : -1;
+}
+
+Test(function, reading_a_value_while_tracing_is_an_error) {
+    kn_fn *f = kn_function("branchy", item_body, NULL, 1, 1, NULL);
+    kn_tensor *out = NULL;
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_ones(KN_SHAPE(2), KN_F32)}, &out), -1);
+    const char *e = kn_last_error();
+    cr_assert(e && strstr(e, "kn_item") && strstr(e, "branchy") && strstr(e, "kn_where"), "%s", e);
+    kn_fn_free(f);
+}
+
+static int noise_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    out[0] = kn_add(in[0], kn_randn(KN_SHAPE(5), KN_F32));
+    return out[0] ? 0 : -1;
+}
+
+Test(function, random_streams_match_eager) {
+    kn_tensor *x = kn_zeros(KN_SHAPE(5), KN_F32), *eager[3], *traced[3];
+    kn_manual_seed(3);
+    for (int i = 0; i < 3; i++) noise_body(NULL, &x, &eager[i]);
+    kn_manual_seed(3);
+    kn_fn *f = kn_function("noise", noise_body, NULL, 1, 1, NULL);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(kn_call(f, &x, &traced[i]), 0);
+        assert_equal(traced[i], eager[i]);
+    }
+    cr_assert_neq(at(traced[1], 0), at(traced[2], 0), "two calls never repeat the same numbers");
+    kn_fn_free(f);
+}
+
+/* A whole training step in one kn_fn: forward, loss, backward, Adam. */
+typedef struct { kn_module *model; kn_optim *opt; } trainer;
+static int train_step(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    trainer *t = ctx;
+    kn_tensor *loss = kn_cross_entropy(kn_forward(t->model, in[0]), in[1], KN_REDUCE_MEAN);
+    kn_optim_zero_grad(t->opt);
+    if (!loss || kn_backward(loss, NULL) != 0 || kn_optim_step(t->opt) != 0) return -1;
+    out[0] = loss;
+    return 0;
+}
+
+static void train(bool traced, double *losses, int steps) {
+    kn_manual_seed(21);
+    trainer t = {kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL), NULL};
+    kn_tensor *p[4];
+    kn_parameters(t.model, p, NULL, 4);
+    t.opt = kn_adam_new(p, 4, 1e-2, 0.9, 0.999, 1e-8, 0);
+    kn_tensor *x = kn_randn(KN_SHAPE(32, 12), KN_F32);
+    kn_tensor *y = kn_argmax(kn_matmul(x, kn_randn(KN_SHAPE(12, 4), KN_F32)), 1, false);
+    kn_fn *f = kn_function("train_step", train_step, &t, 2, 1, NULL);
+    for (int s = 0; s < steps; s++) {
+        kn_pool_push();
+        kn_tensor *loss;
+        int rc = traced ? kn_call(f, (kn_tensor *[]){x, y}, &loss) : train_step(&t, (kn_tensor *[]){x, y}, &loss);
+        cr_assert_eq(rc, 0, "step %d: %s", s, kn_last_error());
+        losses[s] = kn_item(loss);
+        kn_pool_pop();
+    }
+    if (traced) {
+        kn_fn_stats_t st = kn_fn_stats(f);
+        cr_assert_eq(st.traces, 2, "the first trace makes Adam's state, the second is kept");
+        cr_assert_eq(st.hits, steps - 2);
+    }
+    kn_fn_free(f);
+    kn_optim_free(t.opt);
+    kn_module_free(t.model);
+}
+
+Test(function, training_step_matches_eager) {
+    double eager[30], traced[30];
+    train(false, eager, 30);
+    train(true, traced, 30);
+    for (int s = 0; s < 30; s++) cr_assert_eq(traced[s], eager[s], "step %d: %.9g vs %.9g", s, traced[s], eager[s]);
+    cr_assert_lt(eager[29], 0.5 * eager[0], "the model learns");
+}
+
+Test(function, dump_and_eager_mode) {
+    kn_tensor *w = kn_ones(KN_SHAPE(3), KN_F32), *x = kn_zeros(KN_SHAPE(2, 3), KN_F32), *out;
+    kn_fn *f = kn_function("scale", scale_body, w, 1, 1, NULL);
+    cr_assert_eq(kn_call(f, &x, &out), 0);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    kn_fn_dump(f, m);
+    fclose(m);
+    cr_assert(strstr(buf, "kn_function scale") && strstr(buf, "= add(%0, %1) f32[2,3]") &&
+              strstr(buf, "capture f32[3]") && strstr(buf, "return"), "%s", buf);
+    free(buf);
+    kn_run_functions_eagerly(true);
+    cr_assert_eq(kn_call(f, &x, &out), 0);
+    kn_run_functions_eagerly(false);
+    cr_assert_eq(kn_fn_stats(f).eager_calls, 1);
+    cr_assert_eq(kn_fn_stats(f).traces, 1);
+    kn_fn_free(f);
+}
+
+static int null_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    out[0] = kn_add(in[0], kn_ones(KN_SHAPE(7), KN_F32));  /* shapes do not broadcast */
+    return 0;
+}
+
+Test(function, body_errors_are_reported) {
+    kn_fn *f = kn_function("bad", null_body, NULL, 1, 1, NULL);
+    kn_tensor *out = NULL;
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_ones(KN_SHAPE(3), KN_F32)}, &out), -1);
+    cr_assert(strstr(kn_last_error(), "kn_add: shapes [3] and [7]"), "%s", kn_last_error());
+    cr_assert_null(kn_function("x", NULL, NULL, 1, 1, NULL));
+    kn_fn_free(f);
+}
