@@ -1,5 +1,6 @@
 /* The main demo: an MLP (784-128-10) trained on Fashion-MNIST with
- * cross-entropy and Adam, eagerly, with a live progress bar. */
+ * cross-entropy and Adam, first eagerly, then with the whole train step
+ * wrapped in one kn_fn, from the same seed. */
 #include <kiln.h>
 #include <math.h>
 #include <stdlib.h>
@@ -16,7 +17,19 @@ typedef struct {
     bool json;
 } options;
 
-typedef struct { double test_accuracy, seconds_per_epoch, final_loss; } result;
+typedef struct { double test_accuracy, seconds_per_epoch, final_loss; int64_t traces; } result;
+
+typedef struct { kn_module *model; kn_optim *opt; } step_ctx;
+
+/* One training step: the same body runs eagerly or through kn_call. */
+static int train_step(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    step_ctx *s = ctx;
+    kn_tensor *loss = kn_cross_entropy(kn_forward(s->model, in[0]), in[1], KN_REDUCE_MEAN);
+    kn_optim_zero_grad(s->opt);
+    if (!loss || kn_backward(loss, NULL) != 0 || kn_optim_step(s->opt) != 0) return -1;
+    out[0] = loss;
+    return 0;
+}
 
 static double now(void) {
     struct timespec ts;
@@ -71,8 +84,8 @@ static double accuracy(kn_module *model, kn_tensor *x, kn_tensor *y) {
     return (double)hits / (double)n;
 }
 
-static int train(const options *o, kn_tensor *xtr, kn_tensor *ytr, kn_tensor *xte, kn_tensor *yte,
-                 result *r) {
+static int train(const options *o, bool traced, kn_tensor *xtr, kn_tensor *ytr, kn_tensor *xte,
+                 kn_tensor *yte, result *r) {
     bool tty = isatty(STDOUT_FILENO) && !o->json;
     kn_manual_seed(o->seed);
     kn_module *model = kn_sequential_new(kn_linear_new(784, 128, true), kn_relu_new(),
@@ -81,7 +94,9 @@ static int train(const options *o, kn_tensor *xtr, kn_tensor *ytr, kn_tensor *xt
     int np = kn_parameters(model, params, NULL, 8);
     kn_optim *opt = kn_adam_new(params, np, o->lr, 0.9, 0.999, 1e-8, 0);
     kn_loader *loader = kn_loader_new(xtr, ytr, o->batch, true, false, o->seed);
-    if (!model || !opt || !loader) return -1;
+    step_ctx sc = {model, opt};
+    kn_fn *step = kn_function("train_step", train_step, &sc, 2, 1, NULL);
+    if (!model || !opt || !loader || !step) return -1;
     int64_t steps = kn_loader_batches(loader);
     double t_train = 0, running = NAN;
     for (int epoch = 1; epoch <= o->epochs; epoch++) {
@@ -93,9 +108,10 @@ static int train(const options *o, kn_tensor *xtr, kn_tensor *ytr, kn_tensor *xt
                 kn_pool_pop();
                 break;
             }
-            kn_tensor *loss = kn_cross_entropy(kn_forward(model, xb), yb, KN_REDUCE_MEAN);
-            kn_optim_zero_grad(opt);
-            if (!loss || kn_backward(loss, NULL) != 0 || kn_optim_step(opt) != 0) {
+            kn_tensor *loss;
+            int rc = traced ? kn_call(step, (kn_tensor *[]){xb, yb}, &loss)
+                            : train_step(&sc, (kn_tensor *[]){xb, yb}, &loss);
+            if (rc != 0) {
                 kn_pool_pop();
                 return -1;
             }
@@ -112,13 +128,15 @@ static int train(const options *o, kn_tensor *xtr, kn_tensor *ytr, kn_tensor *xt
         t_train += dt;
         kn_loader_reset(loader);
         if (tty) printf("\n");
-        printf("epoch %d/%d: loss %.4f, %.1f s, %.0f steps/s\n", epoch, o->epochs, running, dt,
-                   (double)steps / dt);
+        printf("%s epoch %d/%d: loss %.4f, %.2f s, %.0f steps/s\n", traced ? "traced" : "eager ", epoch,
+               o->epochs, running, dt, (double)steps / dt);
     }
     kn_train(model, false);
     r->test_accuracy = accuracy(model, xte, yte);
     r->seconds_per_epoch = t_train / o->epochs;
     r->final_loss = running;
+    r->traces = kn_fn_stats(step).traces;
+    kn_fn_free(step);
     kn_loader_free(loader);
     kn_optim_free(opt);
     kn_module_free(model);
@@ -138,16 +156,24 @@ int kn_demo_main(int argc, char **argv) {
     printf("Fashion-MNIST: %lld training and %lld test images; MLP 784-128-10, Adam lr %g, batch %lld, "
            "%d threads\n", (long long)kn_shape(xtr)[0], (long long)kn_shape(xte)[0], o.lr,
            (long long)o.batch, kn_get_num_threads());
-    result eager;
-    if (train(&o, xtr_n, ytr, xte_n, yte, &eager) != 0) {
+    result eager, traced;
+    if (train(&o, false, xtr_n, ytr, xte_n, yte, &eager) != 0 ||
+        train(&o, true, xtr_n, ytr, xte_n, yte, &traced) != 0) {
         fprintf(stderr, "kiln demo: %s\n", kn_last_error());
         return 1;
     }
-    printf("eager: test accuracy %.2f%%, %.2f s per epoch, final loss %.4f\n",
-           100 * eager.test_accuracy, eager.seconds_per_epoch, eager.final_loss);
+    printf("\n%-8s %14s %16s %12s %8s\n", "", "test accuracy", "seconds/epoch", "final loss", "speedup");
+    printf("%-8s %13.2f%% %16.3f %12.4f %7.2fx\n", "eager", 100 * eager.test_accuracy,
+           eager.seconds_per_epoch, eager.final_loss, 1.0);
+    printf("%-8s %13.2f%% %16.3f %12.4f %7.2fx   (%lld traces)\n", "traced", 100 * traced.test_accuracy,
+           traced.seconds_per_epoch, traced.final_loss, eager.seconds_per_epoch / traced.seconds_per_epoch,
+           (long long)traced.traces);
     if (o.json)
-        printf("{\"eager\": {\"test_accuracy\": %.4f, \"seconds_per_epoch\": %.3f, \"final_loss\": %.4f}}\n",
-               eager.test_accuracy, eager.seconds_per_epoch, eager.final_loss);
+        printf("{\"eager\": {\"test_accuracy\": %.4f, \"seconds_per_epoch\": %.3f, \"final_loss\": %.4f}, "
+               "\"traced\": {\"test_accuracy\": %.4f, \"seconds_per_epoch\": %.3f, \"final_loss\": %.4f, "
+               "\"speedup\": %.3f}}\n",
+               eager.test_accuracy, eager.seconds_per_epoch, eager.final_loss, traced.test_accuracy,
+               traced.seconds_per_epoch, traced.final_loss, eager.seconds_per_epoch / traced.seconds_per_epoch);
     kn_release(xtr); kn_release(ytr); kn_release(xte); kn_release(yte);
     kn_release(xtr_n); kn_release(xte_n);
     return 0;
