@@ -306,3 +306,77 @@ Test(function, body_errors_are_reported) {
     cr_assert_null(kn_function("x", NULL, NULL, 1, 1, NULL));
     kn_fn_free(f);
 }
+
+static int passes_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    kn_tensor *w = ctx;
+    kn_tensor *a = kn_mul_scalar(kn_add(in[0], w), 1.0);          /* x*1: simplified away */
+    kn_tensor *b = kn_add(in[0], w);                                /* the same add: CSE */
+    kn_tensor *c = kn_transpose(kn_transpose(a, 0, 1), 0, 1);       /* double transpose */
+    kn_tensor *k = kn_exp(kn_full(KN_SHAPE(2, 3), 0.5, KN_F32));    /* constant: folded */
+    kn_tanh(in[0]);                                                 /* dead */
+    out[0] = kn_mul(kn_add(c, b), k);
+    return 0;
+}
+
+static char *dump_of(kn_fn *f, void (*dump)(const kn_fn *, FILE *)) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    dump(f, m);
+    fclose(m);
+    return buf;
+}
+
+Test(function, passes_fold_cse_simplify_and_eliminate) {
+    kn_tensor *w = kn_ones(KN_SHAPE(3), KN_F32), *x = kn_randn(KN_SHAPE(2, 3), KN_F32), *got;
+    kn_tensor *want;
+    passes_body(w, &x, &want);
+    kn_fn *f = kn_function("passes", passes_body, w, 1, 1, NULL);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(kn_call(f, &x, &got), 0);
+        assert_equal(got, want);
+    }
+    cr_assert_eq(kn_fn_stats(f).nodes, 3, "add, add, mul remain (got %lld)", (long long)kn_fn_stats(f).nodes);
+    char *text = dump_of(f, kn_fn_dump);
+    cr_assert(!strstr(text, "tanh") && !strstr(text, "permute") && !strstr(text, "exp("), "%s", text);
+    cr_assert(strstr(text, "const f32[2,3]"), "%s", text);
+    free(text);
+    char *dot = dump_of(f, kn_fn_dot);
+    cr_assert(!strncmp(dot, "digraph \"passes\" {", 18) && strstr(dot, "-> out0;") && dot[strlen(dot) - 2] == '}',
+              "%s", dot);
+    free(dot);
+    kn_fn_free(f);
+}
+
+/* Autograd through a call: the outputs of kn_call carry a grad function. */
+static int mlp_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    kn_tensor **w = ctx;
+    out[0] = kn_tanh(kn_linear(kn_relu(kn_linear(in[0], w[0], w[1])), w[2], NULL));
+    return out[0] ? 0 : -1;
+}
+
+Test(function, autograd_through_a_call_matches_eager) {
+    kn_tensor *w[3] = {kn_set_requires_grad(kn_randn(KN_SHAPE(5, 4), KN_F64), true),
+                       kn_set_requires_grad(kn_randn(KN_SHAPE(5), KN_F64), true),
+                       kn_set_requires_grad(kn_randn(KN_SHAPE(2, 5), KN_F64), true)};
+    kn_tensor *x = kn_set_requires_grad(kn_randn(KN_SHAPE(3, 4), KN_F64), true);
+    kn_tensor *grads[2][4];
+    kn_fn *f = kn_function("mlp", mlp_body, w, 1, 1, NULL);
+    for (int traced = 0; traced < 2; traced++) {
+        for (int call = 0; call < 2; call++) {  /* a trace, then a replay */
+            for (int i = 0; i < 3; i++) kn_zero_grad(w[i]);
+            kn_zero_grad(x);
+            kn_tensor *y;
+            cr_assert_eq(traced ? kn_call(f, &x, &y) : mlp_body(w, &x, &y), 0, "%s", kn_last_error());
+            cr_assert(kn_requires_grad(y));
+            /* part eager, part traced: the loss is computed outside the call */
+            kn_tensor *loss = kn_sum(kn_mul(y, kn_exp(y)), KN_ALL_DIMS, false);
+            cr_assert_eq(kn_backward(loss, NULL), 0, "%s", kn_last_error());
+            for (int i = 0; i < 3; i++) grads[traced][i] = kn_contiguous(kn_grad(w[i]));
+            grads[traced][3] = kn_contiguous(kn_grad(x));
+        }
+    }
+    for (int i = 0; i < 4; i++) assert_close(grads[1][i], grads[0][i], 1e-12, 1e-12);
+    cr_assert_eq(kn_fn_stats(f).hits, 1);
+    kn_fn_free(f);
+}

@@ -42,6 +42,8 @@ typedef struct {
 kn_fn_stats_t kn_fn_stats(const kn_fn *f);
 /* The newest plan as readable text. */
 void kn_fn_dump(const kn_fn *f, FILE *out);
+/* The newest plan as a Graphviz graph (dot -Tsvg). */
+void kn_fn_dot(const kn_fn *f, FILE *out);
 /* Runs every kn_fn body eagerly (also KN_EAGER=1), for debugging with gdb. */
 void kn_run_functions_eagerly(bool on);
 

@@ -1,0 +1,137 @@
+/* The reference executor: runs a plan node by node through the same eager
+ * ops, freeing each value after its last use. */
+#include "ir.h"
+#include "../eager/conv.h"
+#include <stdlib.h>
+#include <string.h>
+
+static int dims_of_mask(int64_t mask, int *dims) {
+    int n = 0;
+    for (int d = 0; d < KN_MAX_DIMS; d++)
+        if (mask >> d & 1) dims[n++] = d;
+    return n;
+}
+
+kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
+    const kn_params *p = &n->p;
+    int dims[KN_MAX_DIMS], nd = dims_of_mask(p->i[0], dims);
+    bool keep = p->i[1] != 0;
+    switch (n->op) {
+#define KN_UNARY_FLOAT(name) case KN_OP_##name: return kn_##name(a[0]);
+#define KN_UNARY_FLOAT_NOAPI(name)
+#define KN_BINARY(name) case KN_OP_##name: return kn_##name(a[0], a[1]);
+#define KN_COMPARE(name, op) KN_BINARY(name)
+#define KN_LOGICAL(name, op) KN_BINARY(name)
+#include "../core/ops.def"
+    case KN_OP_gelu: return kn_gelu(a[0], KN_GELU_ERF);
+    case KN_OP_gelu_tanh: return kn_gelu(a[0], KN_GELU_TANH);
+    case KN_OP_neg: return kn_neg(a[0]);
+    case KN_OP_abs: return kn_abs(a[0]);
+    case KN_OP_relu: return kn_relu(a[0]);
+    case KN_OP_clamp: return kn_clamp(a[0], p->d[0], p->d[1]);
+    case KN_OP_logical_not: return kn_logical_not(a[0]);
+    case KN_OP_where: return kn_where(a[0], a[1], a[2]);
+    case KN_OP_cast: return kn_cast(a[0], outv->dtype);
+    case KN_OP_sum: return kn_sum(a[0], dims, nd, keep);
+    case KN_OP_mean: return kn_mean(a[0], dims, nd, keep);
+    case KN_OP_max: return kn_max(a[0], dims, nd, keep);
+    case KN_OP_min: return kn_min(a[0], dims, nd, keep);
+    case KN_OP_var: return kn_var(a[0], dims, nd, (int)p->i[2], keep);
+    case KN_OP_logsumexp: return kn_logsumexp(a[0], dims, nd, keep);
+    case KN_OP_argmax: return kn_argmax(a[0], nd ? dims[0] : 0, keep);
+    case KN_OP_argmin: return kn_argmin(a[0], nd ? dims[0] : 0, keep);
+    case KN_OP_rand: return kn_rand(outv->shape, outv->ndim, outv->dtype);
+    case KN_OP_randn: return kn_randn(outv->shape, outv->ndim, outv->dtype);
+    case KN_OP_reshape: return kn_reshape(a[0], outv->shape, outv->ndim);
+    case KN_OP_permute: {
+        int perm[KN_MAX_DIMS];
+        for (int d = 0; d < outv->ndim; d++) perm[d] = (int)p->i[d];
+        return kn_permute(a[0], perm, outv->ndim);
+    }
+    case KN_OP_slice: {
+        int dim = (int)p->i[0];
+        int64_t start = p->i[1], step = p->i[2], len = outv->shape[dim];
+        return kn_slice(a[0], dim, start, len ? start + (len - 1) * step + 1 : start, step);
+    }
+    case KN_OP_expand: return kn_expand(a[0], outv->shape, outv->ndim);
+    case KN_OP_contiguous: return kn_contiguous(a[0]);
+    case KN_OP_cat: return kn_cat(a, n->nin, (int)p->i[0]);
+    case KN_OP_gather: return kn_gather(a[0], (int)p->i[0], a[1]);
+    case KN_OP_index_select: return kn_index_select(a[0], (int)p->i[0], a[1]);
+    case KN_OP_scatter_add: return kn_scatter_add(a[0], (int)p->i[0], a[1], a[2]);
+    case KN_OP_index_add: return kn_index_add(a[0], (int)p->i[0], a[1], a[2]);
+    case KN_OP_matmul: return kn_matmul(a[0], a[1]);
+    case KN_OP_linear: return kn_linear(a[0], a[1], n->nin > 2 ? a[2] : NULL);
+    case KN_OP_softmax: return kn_softmax(a[0], (int)p->i[0]);
+    case KN_OP_log_softmax: return kn_log_softmax(a[0], (int)p->i[0]);
+    case KN_OP_layer_norm:
+        return kn_layer_norm(a[0], (int)p->i[0], n->nin > 1 ? a[1] : NULL, n->nin > 2 ? a[2] : NULL, p->d[0]);
+    case KN_OP_cross_entropy: return kn_cross_entropy(a[0], a[1], (kn_reduction)p->i[0]);
+    case KN_OP_conv2d: return kn_conv2d(a[0], a[1], n->nin > 2 ? a[2] : NULL, (int)p->i[0], (int)p->i[1]);
+    case KN_OP_conv2d_grad_input: return kn__conv2d_grad_input(a[0], a[1], &p->i[2], (int)p->i[0], (int)p->i[1]);
+    case KN_OP_conv2d_grad_weight: return kn__conv2d_grad_weight(a[0], a[1], &p->i[2], (int)p->i[0], (int)p->i[1]);
+    case KN_OP_max_pool2d: return kn_max_pool2d(a[0], (int)p->i[0], (int)p->i[1], (int)p->i[2]);
+    case KN_OP_max_pool2d_grad: return kn__max_pool2d_grad(a[0], a[1], (int)p->i[0], (int)p->i[1], (int)p->i[2]);
+    default: return kn__error("kn_call: op kn_%s cannot be replayed", kn_op_table[n->op].name);
+    }
+}
+
+int kn__replay(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **out) {
+    const kn_trace *tr = pl->tr;
+    kn_tensor **v = calloc((size_t)tr->nvals + 1, sizeof *v);
+    if (!v) return kn__error("kn_call %s: out of memory", f->name), -1;
+    int rc = 0;
+    for (int i = 0; i < tr->nvals && rc == 0; i++) {
+        const tvalue *tv = &tr->vals[i];
+        if (tv->kind == V_INPUT) v[i] = in[tv->index];
+        else if (tv->kind == V_CAPTURE || tv->kind == V_CONST) v[i] = tv->t;
+        else if (tv->kind == V_GRAD && !(v[i] = tv->t->grad) && pl->last_use[i] >= 0)
+            rc = -1, kn__error("kn_call %s: a gradient the trace reads is missing (it existed when the "
+                               "function was traced)", f->name);
+    }
+    kn_pool_push();
+    if (tr->has_backward) kn_no_grad_begin();
+    for (int k = 0; k < tr->nnodes && rc == 0; k++) {
+        const tnode *n = &tr->nodes[k];
+        kn_tensor *args[64];
+        for (int j = 0; j < n->nin; j++) args[j] = n->in[j] >= 0 ? v[n->in[j]] : NULL;
+        switch (n->kind) {
+        case N_OP:
+            if (!(v[n->out] = kn__op_call(n, &tr->vals[n->out], args))) rc = -1;
+            break;
+        case N_WRITE:
+            if (args[1]->dtype != args[0]->dtype || kn_numel(args[1]) > kn_numel(args[0])) {
+                rc = -1;
+                kn__error("kn_call %s: an in-place write no longer fits its target", f->name);
+                break;
+            }
+            kn__copy(args[0], args[1]);
+            kn__bump_version(args[0]);
+            break;
+        case N_SET_GRAD:
+            kn_release(args[0]->grad);
+            args[0]->grad = kn_retain(args[1]);
+            break;
+        case N_ZERO_GRAD:
+            kn_zero_grad(args[0]);
+            break;
+        }
+        /* Free node values after their last use (liveness). */
+        for (int j = 0; j < n->nin; j++) {
+            int id = n->in[j];
+            if (id >= 0 && pl->last_use[id] == k && tr->vals[id].kind == V_NODE && v[id]) {
+                kn__drop(v[id]);
+                v[id] = NULL;
+            }
+        }
+    }
+    if (tr->has_backward) kn_no_grad_end();
+    if (rc == 0)
+        for (int k = 0; k < f->nout; k++) kn_retain(v[pl->outs[k]]);
+    kn_pool_pop();
+    if (rc == 0)
+        for (int k = 0; k < f->nout; k++) out[k] = kn__hand_over(v[pl->outs[k]]);
+    free(v);
+    return rc;
+}
+
