@@ -318,7 +318,8 @@ static int passes_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
     return 0;
 }
 
-static char *dump_of(kn_fn *f, void (*dump)(const kn_fn *, FILE *)) {
+char *dump_of(kn_fn *f, void (*dump)(const kn_fn *, FILE *));
+char *dump_of(kn_fn *f, void (*dump)(const kn_fn *, FILE *)) {
     char *buf = NULL;
     size_t len = 0;
     FILE *m = open_memstream(&buf, &len);
@@ -378,5 +379,67 @@ Test(function, autograd_through_a_call_matches_eager) {
     }
     for (int i = 0; i < 4; i++) assert_close(grads[1][i], grads[0][i], 1e-12, 1e-12);
     cr_assert_eq(kn_fn_stats(f).hits, 1);
+    kn_fn_free(f);
+}
+
+static int then_b(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    out[0] = kn_mul_scalar(in[0], 2);
+    return 0;
+}
+static int else_b(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    out[0] = kn_neg(kn_exp(in[0]));
+    return 0;
+}
+static int cond_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    int *calls = ctx;
+    (*calls)++;
+    kn_tensor *x = kn_add_scalar(in[0], 1);
+    kn_tensor *pred = kn_gt(kn_sum(x, KN_ALL_DIMS, false), kn_scalar(0, KN_F32));
+    kn_tensor *r;
+    if (kn_cond(pred, then_b, else_b, NULL, &x, 1, &r, 1) != 0) return -1;
+    out[0] = kn_add_scalar(r, 0.5);
+    return 0;
+}
+
+Test(function, cond_runs_the_taken_branch) {
+    int body_runs = 0;
+    kn_fn *f = kn_function("cond", cond_body, &body_runs, 1, 1, NULL);
+    kn_tensor *pos = kn_full(KN_SHAPE(3), 2, KN_F32), *neg = kn_full(KN_SHAPE(3), -3, KN_F32);
+    for (int i = 0; i < 3; i++) {
+        kn_tensor *a, *b, *want_a, *want_b;
+        cr_assert_eq(kn_call(f, &pos, &a), 0, "%s", kn_last_error());
+        cr_assert_eq(kn_call(f, &neg, &b), 0, "%s", kn_last_error());
+        cond_body(&(int){0}, &pos, &want_a);
+        cond_body(&(int){0}, &neg, &want_b);
+        assert_equal(a, want_a);
+        assert_equal(b, want_b);
+        cr_assert_eq(at(a, 0), 6.5);
+    }
+    cr_assert_eq(body_runs, 1, "one trace serves both branches (the body ran %d times)", body_runs);
+    cr_assert_eq(kn_fn_stats(f).traces, 1);
+    char *text = dump_of(f, kn_fn_dump);
+    cr_assert(strstr(text, "cond("), "%s", text);
+    free(text);
+    kn_fn_free(f);
+}
+
+static int bad_else(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    out[0] = kn_sum(in[0], KN_ALL_DIMS, false);
+    return 0;
+}
+static int bad_cond_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    return kn_cond(kn_scalar(1, KN_BOOL), then_b, bad_else, NULL, in, 1, out, 1);
+}
+
+Test(function, cond_branches_must_agree) {
+    kn_fn *f = kn_function("bad_cond", bad_cond_body, NULL, 1, 1, NULL);
+    kn_tensor *out;
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_ones(KN_SHAPE(3), KN_F32)}, &out), -1);
+    cr_assert(strstr(kn_last_error(), "kn_cond: output 0 is f32[3] in one branch and f32[] in the other"),
+              "%s", kn_last_error());
     kn_fn_free(f);
 }

@@ -3,18 +3,24 @@
 #include "ir.h"
 
 static const char *kind_name[] = {"input", "capture", "const", "node", "grad of"};
-static const char *effect_name[] = {"", "write", "set_grad", "zero_grad"};
+static const char *effect_name[] = {"", "write", "set_grad", "zero_grad", "cond"};
 
 static void put_type(FILE *o, const tvalue *v) {
     char b[KN_SHAPE_BUF];
     fprintf(o, "%s%s", kn_dtype_name(v->dtype), kn__shape_str(v->shape, v->ndim, b));
 }
 
+static void dump_at(FILE *o, const kn_trace *tr, const int *outs, int nout, const int *last_use, int indent);
+
 void kn__dump_trace(FILE *o, const kn_trace *tr, const int *outs, int nout, const int *last_use) {
+    dump_at(o, tr, outs, nout, last_use, 2);
+}
+
+static void dump_at(FILE *o, const kn_trace *tr, const int *outs, int nout, const int *last_use, int indent) {
     for (int i = 0; i < tr->nvals; i++) {
         const tvalue *v = &tr->vals[i];
         if (v->kind == V_NODE || (last_use && last_use[i] < 0)) continue;
-        fprintf(o, "  %%%d = %s", i, kind_name[v->kind]);
+        fprintf(o, "%*s%%%d = %s", indent, "", i, kind_name[v->kind]);
         if (v->kind == V_INPUT) fprintf(o, " %d", v->index);
         fputc(' ', o);
         put_type(o, v);
@@ -22,8 +28,10 @@ void kn__dump_trace(FILE *o, const kn_trace *tr, const int *outs, int nout, cons
     }
     for (int k = 0; k < tr->nnodes; k++) {
         const tnode *n = &tr->nodes[k];
-        if (n->kind == N_OP) fprintf(o, "  %%%d = %s(", n->out, kn_op_table[n->op].name);
-        else fprintf(o, "  %s(", effect_name[n->kind]);
+        fprintf(o, "%*s", indent, "");
+        for (int k = 0; n->kind == N_COND && k < n->nout; k++) fprintf(o, "%s%%%d", k ? ", " : "", n->out + k);
+        if (n->kind == N_OP) fprintf(o, "%%%d = %s(", n->out, kn_op_table[n->op].name);
+        else fprintf(o, "%s%s(", n->kind == N_COND ? " = " : "", effect_name[n->kind]);
         for (int j = 0; j < n->nin; j++) {
             if (n->in[j] >= 0) fprintf(o, "%s%%%d", j ? ", " : "", n->in[j]);
             else fprintf(o, "%snull", j ? ", " : "");
@@ -34,8 +42,13 @@ void kn__dump_trace(FILE *o, const kn_trace *tr, const int *outs, int nout, cons
             put_type(o, &tr->vals[n->out]);
         }
         fputc('\n', o);
+        for (int b = 0; n->kind == N_COND && b < 2; b++) {
+            fprintf(o, "%*s%s:\n", indent + 2, "",
+                    b ? "else" : "then");
+            dump_at(o, n->branch[b]->tr, n->branch[b]->outs, n->nout, n->branch[b]->last_use, indent + 4);
+        }
     }
-    fprintf(o, "  return");
+    fprintf(o, "%*sreturn", indent, "");
     for (int k = 0; k < nout; k++) fprintf(o, "%s %%%d", k ? "," : "", outs[k]);
     fputc('\n', o);
 }

@@ -30,7 +30,7 @@ static size_t hash_ptr(const void *p, int cap) {
     return (size_t)x & (size_t)(cap - 1);
 }
 
-static int map_get(kn_trace *tr, const kn_tensor *t) {
+int kn__map_get(kn_trace *tr, const kn_tensor *t) {
     if (!tr->mcap) return -1;
     for (size_t i = hash_ptr(t, tr->mcap);; i = (i + 1) & (size_t)(tr->mcap - 1)) {
         if (!tr->mkey[i]) return -1;
@@ -38,7 +38,7 @@ static int map_get(kn_trace *tr, const kn_tensor *t) {
     }
 }
 
-static void map_put(kn_trace *tr, kn_tensor *t, int v) {
+void kn__map_put(kn_trace *tr, kn_tensor *t, int v) {
     if ((tr->mcount + 1) * 2 > tr->mcap) {
         int cap = tr->mcap ? tr->mcap * 2 : 256;
         kn_tensor **k = calloc((size_t)cap, sizeof *k);
@@ -69,7 +69,7 @@ static void map_put(kn_trace *tr, kn_tensor *t, int v) {
     tr->mval[i] = v;
 }
 
-static void hold(kn_trace *tr, kn_tensor *t) {
+void kn__hold(kn_trace *tr, kn_tensor *t) {
     if (!grow((void **)&tr->held, &tr->caph, tr->nheld + 1, sizeof *tr->held)) {
         tr->oom = true;
         return;
@@ -77,7 +77,7 @@ static void hold(kn_trace *tr, kn_tensor *t) {
     tr->held[tr->nheld++] = kn_retain(t);
 }
 
-static int new_value(kn_trace *tr, vkind kind, int index, kn_tensor *owned, const kn_tensor *like) {
+int kn__new_value(kn_trace *tr, vkind kind, int index, kn_tensor *owned, const kn_tensor *like) {
     if (!grow((void **)&tr->vals, &tr->capv, tr->nvals + 1, sizeof *tr->vals)) {
         tr->oom = true;
         kn_release(owned);
@@ -91,10 +91,14 @@ static int new_value(kn_trace *tr, vkind kind, int index, kn_tensor *owned, cons
 
 /* The value a tensor stands for; first sight of an unknown tensor makes it a
  * constant (made while tracing: snapshot now) or a capture (by reference). */
-static int value_of(kn_trace *tr, kn_tensor *t) {
+int kn__value_of(kn_trace *tr, kn_tensor *t) {
     if (!t) return -1;
-    int v = map_get(tr, t);
+    int v = kn__map_get(tr, t);
     if (v >= 0) return v;
+    if (tr->parent) {  /* a branch may capture what the body captures, nothing it computed */
+        int pv = kn__map_get(tr->parent, t);
+        if (pv >= 0 && tr->parent->vals[pv].kind != V_CAPTURE) tr->outer_ref = true;
+    }
     if (t->trace_stamp == tr->stamp) {
         kn_tensor *c = kn__alloc(t->shape, t->ndim, t->dtype);
         if (!c) {
@@ -104,18 +108,18 @@ static int value_of(kn_trace *tr, kn_tensor *t) {
         kn__copy(c, t);
         c->wrapped = t->wrapped;
         kn_keep(c);
-        v = new_value(tr, V_CONST, 0, c, t);
+        v = kn__new_value(tr, V_CONST, 0, c, t);
     } else {
-        v = new_value(tr, V_CAPTURE, 0, kn_retain(t), t);
+        v = kn__new_value(tr, V_CAPTURE, 0, kn_retain(t), t);
     }
     if (v >= 0) {
-        map_put(tr, t, v);
-        hold(tr, t);
+        kn__map_put(tr, t, v);
+        kn__hold(tr, t);
     }
     return v;
 }
 
-static tnode *new_node(kn_trace *tr, nkind kind, kn_op op, int nin) {
+tnode *kn__new_node(kn_trace *tr, nkind kind, kn_op op, int nin) {
     if (!grow((void **)&tr->nodes, &tr->capn, tr->nnodes + 1, sizeof *tr->nodes)) {
         tr->oom = true;
         return NULL;
@@ -139,33 +143,33 @@ void kn__trace_op(kn_op op, kn_tensor *out, kn_tensor *const *in, int nin, const
         tr->oom = true;
         return;
     }
-    for (int i = 0; i < nin; i++) ids[i] = value_of(tr, in[i]);
-    tnode *n = new_node(tr, N_OP, op, nin);
+    for (int i = 0; i < nin; i++) ids[i] = kn__value_of(tr, in[i]);
+    tnode *n = kn__new_node(tr, N_OP, op, nin);
     if (!n) return;
     memcpy(n->in, ids, (size_t)nin * sizeof *ids);
     if (p) n->p = *p;
-    int v = new_value(tr, V_NODE, tr->nnodes - 1, NULL, out);
+    int v = kn__new_value(tr, V_NODE, tr->nnodes - 1, NULL, out);
     n->out = v;
     if (v >= 0) {
-        map_put(tr, out, v);
-        hold(tr, out);
+        kn__map_put(tr, out, v);
+        kn__hold(tr, out);
     }
 }
 
 void kn__trace_alias(kn_tensor *alias, kn_tensor *t) {
     kn_trace *tr = kn__trace;
     if (!tr || !alias || !t) return;
-    int v = value_of(tr, t);
+    int v = kn__value_of(tr, t);
     if (v < 0) return;
-    map_put(tr, alias, v);
-    hold(tr, alias);
+    kn__map_put(tr, alias, v);
+    kn__hold(tr, alias);
 }
 
 static void side_effect(nkind kind, kn_tensor *a, kn_tensor *b) {
     kn_trace *tr = kn__trace;
     if (!tr) return;
-    int va = value_of(tr, a), vb = b ? value_of(tr, b) : -1;
-    tnode *n = new_node(tr, kind, KN_OP_COUNT, b ? 2 : 1);
+    int va = kn__value_of(tr, a), vb = b ? kn__value_of(tr, b) : -1;
+    tnode *n = kn__new_node(tr, kind, KN_OP_COUNT, b ? 2 : 1);
     if (!n) return;
     n->in[0] = va;
     if (b) n->in[1] = vb;
@@ -180,11 +184,11 @@ void kn__trace_zero_grad(kn_tensor *leaf) { side_effect(N_ZERO_GRAD, leaf, NULL)
 
 void kn__trace_grad_read(kn_tensor *leaf, kn_tensor *g) {
     kn_trace *tr = kn__trace;
-    if (!tr || !g || map_get(tr, g) >= 0) return;
-    int v = new_value(tr, V_GRAD, 0, kn_retain(leaf), g);
+    if (!tr || !g || kn__map_get(tr, g) >= 0) return;
+    int v = kn__new_value(tr, V_GRAD, 0, kn_retain(leaf), g);
     if (v < 0) return;
-    map_put(tr, g, v);
-    hold(tr, g);
+    kn__map_put(tr, g, v);
+    kn__hold(tr, g);
 }
 
 bool kn__trace_read_error(const char *op, const kn_tensor *t) {
@@ -196,11 +200,18 @@ bool kn__trace_read_error(const char *op, const kn_tensor *t) {
     return true;
 }
 
-static void trace_free(kn_trace *tr) {
+void kn__trace_free(kn_trace *tr) {
     if (!tr) return;
     for (int i = 0; i < tr->nheld; i++) kn_release(tr->held[i]);
     for (int i = 0; i < tr->nvals; i++) kn_release(tr->vals[i].t);
-    for (int i = 0; i < tr->nnodes; i++) free(tr->nodes[i].in);
+    for (int i = 0; i < tr->nnodes; i++) {
+        free(tr->nodes[i].in);
+        for (int b = 0; b < 2; b++)
+            if (tr->nodes[i].branch[b]) {
+                kn__plan_free(tr->nodes[i].branch[b]);
+                free(tr->nodes[i].branch[b]);
+            }
+    }
     free(tr->held);
     free(tr->vals);
     free(tr->nodes);
@@ -243,16 +254,16 @@ kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout,
     return f;
 }
 
-static void plan_free(plan *p) {
+void kn__plan_free(plan *p) {
     free(p->sig);
     free(p->outs);
     free(p->last_use);
-    trace_free(p->tr);
+    kn__trace_free(p->tr);
 }
 
 void kn_fn_free(kn_fn *f) {
     if (!f) return;
-    for (int i = 0; i < f->nplans; i++) plan_free(&f->plans[i]);
+    for (int i = 0; i < f->nplans; i++) kn__plan_free(&f->plans[i]);
     free(f->plans);
     pthread_mutex_destroy(&f->lock);
     free(f);
@@ -336,12 +347,12 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
     tr->stamp = atomic_fetch_add(&next_stamp, 1);
     tr->name = f->name;
     for (int i = 0; i < f->nin; i++) {
-        int v = map_get(tr, in[i]);
+        int v = kn__map_get(tr, in[i]);
         if (v < 0) {  /* the same tensor twice is one input value */
-            v = new_value(tr, V_INPUT, i, NULL, in[i]);
+            v = kn__new_value(tr, V_INPUT, i, NULL, in[i]);
             if (v >= 0) {
-                map_put(tr, in[i], v);
-                hold(tr, in[i]);
+                kn__map_put(tr, in[i], v);
+                kn__hold(tr, in[i]);
             }
         }
     }
@@ -358,7 +369,7 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
             rc = -1;
             break;
         }
-        outs[k] = value_of(tr, res[k]);
+        outs[k] = kn__value_of(tr, res[k]);
     }
     for (int k = 0; k < f->nout && rc == 0; k++) kn_retain(res[k]);
     kn__trace = NULL;
@@ -372,7 +383,7 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
         } else if (!kn_last_error()) {
             kn__error("kn_function %s: the body returned %d", f->name, rc);
         }
-        trace_free(tr);
+        kn__trace_free(tr);
         return -1;
     }
     for (int k = 0; k < f->nout; k++) out[k] = kn__hand_over(res[k]);
@@ -383,7 +394,7 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
             fprintf(stderr, "kn_function %s: trace #%lld not kept: the body wrote into tensors it created "
                     "(state made on a first call, e.g. optimizer moments); the next call retraces\n",
                     f->name, (long long)f->stats.traces);
-        trace_free(tr);
+        kn__trace_free(tr);
         return 0;
     }
     plan pl = {.tr = tr};
@@ -392,7 +403,7 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
     plan *grown = realloc(f->plans, (size_t)(f->nplans + 1) * sizeof *grown);
     if (grown) f->plans = grown;
     if (!pl.sig || !pl.outs || !grown || !kn__plan_build(&pl, tr, outs, f->nout)) {
-        plan_free(&pl);  /* the call itself succeeded: only caching failed */
+        kn__plan_free(&pl);  /* the call itself succeeded: only caching failed */
         return 0;
     }
     memcpy(pl.sig, sig, siglen);
@@ -432,7 +443,7 @@ int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out) {
     int rc;
     if (hit) {
         f->stats.hits++;
-        rc = kn__replay(f, hit, in, out);
+        rc = kn__run_plan(f->name, hit, f->nout, in, out);
     } else {
         rc = trace_call(f, in, out, sig, siglen);
         int recent = 0;

@@ -16,14 +16,17 @@ typedef struct {
     int64_t shape[KN_MAX_DIMS];
 } tvalue;
 
-typedef enum { N_OP, N_WRITE, N_SET_GRAD, N_ZERO_GRAD } nkind;
+typedef enum { N_OP, N_WRITE, N_SET_GRAD, N_ZERO_GRAD, N_COND } nkind;
+struct plan;
 typedef struct {
     nkind kind;
     kn_op op;
     int nin;
     int *in;            /* value ids; -1 for a NULL argument */
     kn_params p;
-    int out;            /* N_OP: value id of the result */
+    int out;            /* N_OP, N_COND: value id of the (first) result */
+    int nout;           /* N_COND: results, at value ids out .. out + nout - 1 */
+    struct plan *branch[2]; /* N_COND: then, else; inputs are in[1..] */
 } tnode;
 
 typedef struct kn_trace {
@@ -40,9 +43,11 @@ typedef struct kn_trace {
     bool stateful;      /* wrote into a tensor created while tracing */
     bool has_backward;  /* set gradients: replay without building autograd graphs */
     bool oom;
+    struct kn_trace *parent;  /* kn_cond branches: the enclosing trace */
+    bool outer_ref;           /* a branch read a traced tensor not passed in */
 } kn_trace;
 
-typedef struct {
+typedef struct plan {
     uint8_t *sig;
     size_t siglen;
     kn_trace *tr;       /* after dead-code elimination; held tensors dropped */
@@ -69,8 +74,18 @@ struct kn_fn {
 bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout);
 /* Runs one recorded op on actual tensors. */
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);
-/* Runs a plan: the reference executor. */
-int kn__replay(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **out);
+/* Runs a plan: the reference executor. name is for errors. */
+int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out);
+/* Frees a plan and its trace. */
+void kn__plan_free(plan *p);
+/* The value a tensor stands for in tr (a new capture or constant if unseen). */
+int kn__value_of(kn_trace *tr, kn_tensor *t);
+int kn__new_value(kn_trace *tr, vkind kind, int index, kn_tensor *owned, const kn_tensor *like);
+tnode *kn__new_node(kn_trace *tr, nkind kind, kn_op op, int nin);
+void kn__map_put(kn_trace *tr, kn_tensor *t, int v);
+int kn__map_get(kn_trace *tr, const kn_tensor *t);
+void kn__hold(kn_trace *tr, kn_tensor *t);
+void kn__trace_free(kn_trace *tr);
 /* Prints values and nodes (values unused by the plan skipped when last_use). */
 void kn__dump_trace(FILE *o, const kn_trace *tr, const int *outs, int nout, const int *last_use);
 /* Hands a tensor we hold one reference to over to the caller's pool. */

@@ -173,7 +173,8 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
             continue;
         }
         tr->nodes[m] = tr->nodes[i];
-        if (tr->nodes[m].out >= 0) tr->vals[tr->nodes[m].out].index = m;
+        for (int k = 0; tr->nodes[m].out >= 0 && k < (tr->nodes[m].kind == N_COND ? tr->nodes[m].nout : 1); k++)
+            tr->vals[tr->nodes[m].out + k].index = m;
         m++;
     }
     tr->nnodes = m;

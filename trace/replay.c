@@ -76,10 +76,10 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
     }
 }
 
-int kn__replay(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **out) {
+int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out) {
     const kn_trace *tr = pl->tr;
     kn_tensor **v = calloc((size_t)tr->nvals + 1, sizeof *v);
-    if (!v) return kn__error("kn_call %s: out of memory", f->name), -1;
+    if (!v) return kn__error("kn_call %s: out of memory", name), -1;
     int rc = 0;
     for (int i = 0; i < tr->nvals && rc == 0; i++) {
         const tvalue *tv = &tr->vals[i];
@@ -87,7 +87,7 @@ int kn__replay(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **out) 
         else if (tv->kind == V_CAPTURE || tv->kind == V_CONST) v[i] = tv->t;
         else if (tv->kind == V_GRAD && !(v[i] = tv->t->grad) && pl->last_use[i] >= 0)
             rc = -1, kn__error("kn_call %s: a gradient the trace reads is missing (it existed when the "
-                               "function was traced)", f->name);
+                               "function was traced)", name);
     }
     kn_pool_push();
     if (tr->has_backward) kn_no_grad_begin();
@@ -102,7 +102,7 @@ int kn__replay(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **out) 
         case N_WRITE:
             if (args[1]->dtype != args[0]->dtype || kn_numel(args[1]) > kn_numel(args[0])) {
                 rc = -1;
-                kn__error("kn_call %s: an in-place write no longer fits its target", f->name);
+                kn__error("kn_call %s: an in-place write no longer fits its target", name);
                 break;
             }
             kn__copy(args[0], args[1]);
@@ -115,6 +115,13 @@ int kn__replay(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **out) 
         case N_ZERO_GRAD:
             kn_zero_grad(args[0]);
             break;
+        case N_COND: {
+            /* Only the taken branch runs. */
+            const kn_tensor *p = args[0];
+            bool taken = kn__load(kn__ptr(p), p->dtype) != 0;
+            rc = kn__run_plan(name, n->branch[taken ? 0 : 1], n->nout, args + 1, v + n->out);
+            break;
+        }
         }
         /* Free node values after their last use (liveness). */
         for (int j = 0; j < n->nin; j++) {
@@ -127,10 +134,10 @@ int kn__replay(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **out) 
     }
     if (tr->has_backward) kn_no_grad_end();
     if (rc == 0)
-        for (int k = 0; k < f->nout; k++) kn_retain(v[pl->outs[k]]);
+        for (int k = 0; k < nout; k++) kn_retain(v[pl->outs[k]]);
     kn_pool_pop();
     if (rc == 0)
-        for (int k = 0; k < f->nout; k++) out[k] = kn__hand_over(v[pl->outs[k]]);
+        for (int k = 0; k < nout; k++) out[k] = kn__hand_over(v[pl->outs[k]]);
     free(v);
     return rc;
 }

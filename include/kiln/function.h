@@ -44,6 +44,15 @@ kn_fn_stats_t kn_fn_stats(const kn_fn *f);
 void kn_fn_dump(const kn_fn *f, FILE *out);
 /* The newest plan as a Graphviz graph (dot -Tsvg). */
 void kn_fn_dot(const kn_fn *f, FILE *out);
+/* Data-dependent control flow: runs then_fn or else_fn (same kn_body shape)
+ * on in, as pred (a one-element tensor) is nonzero or zero, and sets
+ * out[0..nout) like an op. Eagerly it calls one branch. While tracing it
+ * records both (each runs once, so branches must not write in place, and
+ * must take every traced tensor through in) and every later call runs only
+ * the taken one. The branches' outputs must match in dtype and shape.
+ * Returns 0, or -1 with an error. */
+int kn_cond(kn_tensor *pred, kn_body then_fn, kn_body else_fn, void *ctx, kn_tensor *const *in, int nin,
+            kn_tensor **out, int nout);
 /* Runs every kn_fn body eagerly (also KN_EAGER=1), for debugging with gdb. */
 void kn_run_functions_eagerly(bool on);
 
