@@ -177,6 +177,21 @@ static bool cache_put(kn_storage *s) {
     return kept;
 }
 
+/* Bytes of tensor data allocated (cached blocks not counted), and the peak. */
+static _Atomic int64_t mem_in_use, mem_peak;
+
+void kn_memory_stats(int64_t *in_use, int64_t *peak) {
+    if (in_use) *in_use = atomic_load(&mem_in_use);
+    if (peak) *peak = atomic_load(&mem_peak);
+}
+
+void kn_memory_reset_peak(void) { atomic_store(&mem_peak, atomic_load(&mem_in_use)); }
+
+static void mem_add(int64_t n) {
+    int64_t now = atomic_fetch_add(&mem_in_use, n) + n, p = atomic_load(&mem_peak);
+    while (now > p && !atomic_compare_exchange_weak(&mem_peak, &p, now)) {}
+}
+
 static kn_storage *storage_new(size_t nbytes) {
     size_t head = (sizeof(kn_storage) + KN_ALIGN - 1) & ~(size_t)(KN_ALIGN - 1);
     size_t total = (head + nbytes + KN_ALIGN - 1) & ~(size_t)(KN_ALIGN - 1);
@@ -187,13 +202,16 @@ static kn_storage *storage_new(size_t nbytes) {
     atomic_init(&s->version, 0);
     s->nbytes = nbytes;
     s->capacity = total;
+    mem_add((int64_t)nbytes);
     s->device = KN_CPU;
     s->data = (char *)s + head;
     return s;
 }
 
 static void storage_release(kn_storage *s) {
-    if (atomic_fetch_sub(&s->refcount, 1) == 1 && !cache_put(s)) free(s);
+    if (atomic_fetch_sub(&s->refcount, 1) != 1) return;
+    mem_add(-(int64_t)s->nbytes);
+    if (!cache_put(s)) free(s);
 }
 
 static kn_tensor *tensor_new(kn_storage *s, kn_dtype dt, const int64_t *shape,

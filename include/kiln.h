@@ -59,6 +59,9 @@ void kn_pool_push(void);
 void kn_pool_pop(void);
 kn_tensor *kn_keep(kn_tensor *t);         /* detach t from its pool; caller owns it */
 int64_t kn_live_tensors(void);            /* tensors alive in this process */
+/* Bytes of tensor data allocated now, and the most at once since the last reset. */
+void kn_memory_stats(int64_t *in_use, int64_t *peak);
+void kn_memory_reset_peak(void);
 
 /* ---- creation (all return new tensors) ---- */
 kn_tensor *kn_empty(const int64_t *shape, int ndim, kn_dtype dt);

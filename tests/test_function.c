@@ -443,3 +443,36 @@ Test(function, cond_branches_must_agree) {
               "%s", kn_last_error());
     kn_fn_free(f);
 }
+
+/* The replay frees each value after its last use, so a traced training step
+ * never holds more memory than the same step run eagerly. */
+Test(function, traced_peak_memory_is_at_most_eager) {
+    kn_manual_seed(4);
+    trainer t = {kn_sequential_new(kn_linear_new(256, 512, true), kn_relu_new(), kn_linear_new(512, 10, true), NULL), NULL};
+    kn_tensor *p[4];
+    kn_parameters(t.model, p, NULL, 4);
+    t.opt = kn_adam_new(p, 4, 1e-3, 0.9, 0.999, 1e-8, 0);
+    kn_tensor *x = kn_randn(KN_SHAPE(128, 256), KN_F32), *y = kn_argmax(kn_randn(KN_SHAPE(128, 10), KN_F32), 1, false);
+    kn_fn *f = kn_function("train_step", train_step, &t, 2, 1, NULL);
+    int64_t peaks[2];
+    for (int traced = 0; traced < 2; traced++) {
+        for (int s = 0; s < 4; s++) {  /* the last step is measured: state exists, the plan is cached */
+            kn_pool_push();
+            int64_t before;
+            kn_memory_stats(&before, NULL);
+            kn_memory_reset_peak();
+            kn_tensor *loss;
+            cr_assert_eq(traced ? kn_call(f, (kn_tensor *[]){x, y}, &loss) : train_step(&t, (kn_tensor *[]){x, y}, &loss), 0);
+            kn_memory_stats(NULL, &peaks[traced]);
+            peaks[traced] -= before;
+            kn_pool_pop();
+        }
+    }
+    cr_log_info("peak bytes above the start: eager %lld, traced %lld (plan's own count %lld)",
+                (long long)peaks[0], (long long)peaks[1], (long long)kn_fn_stats(f).peak_bytes);
+    cr_assert_leq(peaks[1], peaks[0], "traced %lld > eager %lld", (long long)peaks[1], (long long)peaks[0]);
+    cr_assert_gt(kn_fn_stats(f).peak_bytes, 0);
+    kn_fn_free(f);
+    kn_optim_free(t.opt);
+    kn_module_free(t.model);
+}

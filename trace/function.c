@@ -443,7 +443,7 @@ int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out) {
     int rc;
     if (hit) {
         f->stats.hits++;
-        rc = kn__run_plan(f->name, hit, f->nout, in, out);
+        rc = kn__run_plan(f->name, hit, f->nout, in, out, &f->stats.peak_bytes);
     } else {
         rc = trace_call(f, in, out, sig, siglen);
         int recent = 0;

@@ -75,7 +75,8 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout);
 /* Runs one recorded op on actual tensors. */
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);
 /* Runs a plan: the reference executor. name is for errors. */
-int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out);
+int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out,
+                 int64_t *peak_bytes);
 /* Frees a plan and its trace. */
 void kn__plan_free(plan *p);
 /* The value a tensor stands for in tr (a new capture or constant if unseen). */

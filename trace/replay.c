@@ -76,7 +76,11 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
     }
 }
 
-int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out) {
+static int64_t bytes_of(const kn_tensor *t) { return t ? kn_numel(t) * (int64_t)kn_dtype_size(t->dtype) : 0; }
+
+int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out,
+                 int64_t *peak_bytes) {
+    int64_t live = 0, peak = 0;
     const kn_trace *tr = pl->tr;
     kn_tensor **v = calloc((size_t)tr->nvals + 1, sizeof *v);
     if (!v) return kn__error("kn_call %s: out of memory", name), -1;
@@ -98,6 +102,8 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
         switch (n->kind) {
         case N_OP:
             if (!(v[n->out] = kn__op_call(n, &tr->vals[n->out], args))) rc = -1;
+            live += bytes_of(v[n->out]);
+            peak = live > peak ? live : peak;
             break;
         case N_WRITE:
             if (args[1]->dtype != args[0]->dtype || kn_numel(args[1]) > kn_numel(args[0])) {
@@ -119,7 +125,10 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
             /* Only the taken branch runs. */
             const kn_tensor *p = args[0];
             bool taken = kn__load(kn__ptr(p), p->dtype) != 0;
-            rc = kn__run_plan(name, n->branch[taken ? 0 : 1], n->nout, args + 1, v + n->out);
+            int64_t inner = 0;
+            rc = kn__run_plan(name, n->branch[taken ? 0 : 1], n->nout, args + 1, v + n->out, &inner);
+            peak = live + inner > peak ? live + inner : peak;
+            for (int k = 0; rc == 0 && k < n->nout; k++) live += bytes_of(v[n->out + k]);
             break;
         }
         }
@@ -127,6 +136,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
         for (int j = 0; j < n->nin; j++) {
             int id = n->in[j];
             if (id >= 0 && pl->last_use[id] == k && tr->vals[id].kind == V_NODE && v[id]) {
+                live -= bytes_of(v[id]);
                 kn__drop(v[id]);
                 v[id] = NULL;
             }
@@ -139,6 +149,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
     if (rc == 0)
         for (int k = 0; k < nout; k++) out[k] = kn__hand_over(v[pl->outs[k]]);
     free(v);
+    if (peak_bytes) *peak_bytes = peak;
     return rc;
 }
 

@@ -38,6 +38,7 @@ typedef struct {
     int64_t calls, traces, hits, eager_calls;
     double trace_seconds;     /* recording the first calls */
     int64_t nodes;            /* nodes in the newest plan, after dead-code elimination */
+    int64_t peak_bytes;       /* most bytes of intermediate values alive at once, last replay */
 } kn_fn_stats_t;
 kn_fn_stats_t kn_fn_stats(const kn_fn *f);
 /* The newest plan as readable text. */
