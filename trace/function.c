@@ -290,7 +290,7 @@ static size_t signature(kn_tensor *const *in, int nin, uint8_t *buf) {
 /* Why sig differs from the newest plan's, for the retrace log. */
 static void retrace_reason(const kn_fn *f, kn_tensor *const *in, char *buf, size_t len) {
     if (f->nplans == 0) {
-        snprintf(buf, len, "first call");
+        snprintf(buf, len, f->stats.traces ? "the previous trace made state and was not kept" : "first call");
         return;
     }
     const uint8_t *s = f->plans[f->nplans - 1].sig;

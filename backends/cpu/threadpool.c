@@ -5,6 +5,7 @@
 #include "../../core/internal.h"
 #include <immintrin.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -121,6 +122,11 @@ void kn__parallel_for(int64_t n, int64_t grain, kn_range_fn fn, void *ctx) {
     in_region = true;
     run_chunk(0);
     in_region = false;
-    while (atomic_load_explicit(&P.pending, memory_order_acquire) > 0) _mm_pause();
+    /* Spin briefly, then yield: on an oversubscribed machine the workers may
+     * need this core to finish. */
+    for (int i = 0; atomic_load_explicit(&P.pending, memory_order_acquire) > 0; i++) {
+        if (i < SPIN_ROUNDS) _mm_pause();
+        else sched_yield();
+    }
     pthread_mutex_unlock(&P.run_lock);
 }
