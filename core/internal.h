@@ -104,5 +104,8 @@ void kn__parallel_for(int64_t n, int64_t grain, kn_range_fn fn, void *ctx);
 /* Reserves n 32-bit draws from the global stream; returns (seed, offset). */
 void kn__philox_reserve(uint64_t n, uint64_t *seed, uint64_t *offset);
 void kn__philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]);
+/* The global stream's position, to undo draws (shadow mode runs a call twice). */
+void kn__philox_state(uint64_t *seed, uint64_t *offset);
+void kn__philox_restore(uint64_t seed, uint64_t offset);
 
 #endif

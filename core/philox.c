@@ -44,3 +44,17 @@ void kn__philox4x32(uint64_t seed, uint64_t counter, uint32_t out[4]) {
     }
     out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
 }
+
+void kn__philox_state(uint64_t *seed, uint64_t *offset) {
+    pthread_mutex_lock(&rng_lock);
+    *seed = rng_seed;
+    *offset = rng_offset;
+    pthread_mutex_unlock(&rng_lock);
+}
+
+void kn__philox_restore(uint64_t seed, uint64_t offset) {
+    pthread_mutex_lock(&rng_lock);
+    rng_seed = seed;
+    rng_offset = offset;
+    pthread_mutex_unlock(&rng_lock);
+}

@@ -150,7 +150,8 @@ void kn__trace_op(kn_op op, kn_tensor *out, kn_tensor *const *in, int nin, const
     if (p) n->p = *p;
     int v = kn__new_value(tr, V_NODE, tr->nnodes - 1, NULL, out);
     n->out = v;
-    if (v >= 0) {
+    if (v >= 0 && grow((void **)&tr->vt, &tr->capvt, v + 1, sizeof *tr->vt)) {
+        tr->vt[v] = out;
         kn__map_put(tr, out, v);
         kn__hold(tr, out);
     }
@@ -213,6 +214,7 @@ void kn__trace_free(kn_trace *tr) {
             }
     }
     free(tr->held);
+    free(tr->vt);
     free(tr->vals);
     free(tr->nodes);
     free(tr->mkey);
@@ -231,6 +233,15 @@ static bool eager_env(void) {
         cached = e && *e && strcmp(e, "0") != 0;
     }
     return cached || atomic_load(&force_eager);
+}
+
+static bool shadow_env(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        const char *e = getenv("KN_SHADOW");
+        cached = e && *e && strcmp(e, "0") != 0;
+    }
+    return cached;
 }
 
 static bool log_recompiles(void) {
@@ -333,17 +344,9 @@ kn_tensor *kn__hand_over(kn_tensor *t) {
     return t;
 }
 
-/* Runs the body once, recording. Outputs are the eager results. */
-static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uint8_t *sig, size_t siglen) {
-    char reason[256];
-    retrace_reason(f, in, reason, sizeof reason);
-    f->stats.traces++;
-    if (log_recompiles())
-        fprintf(stderr, "kn_function %s: %s #%lld: %s\n", f->name, f->stats.traces == 1 ? "trace" : "retrace",
-                (long long)f->stats.traces, reason);
-    double t0 = now();
+kn_trace *kn__record_body(kn_fn *f, kn_tensor *const *in, kn_tensor **res, int *outs) {
     kn_trace *tr = calloc(1, sizeof *tr);
-    if (!tr) return kn__error("kn_function %s: out of memory", f->name), -1;
+    if (!tr) return kn__error("kn_function %s: out of memory", f->name);
     tr->stamp = atomic_fetch_add(&next_stamp, 1);
     tr->name = f->name;
     for (int i = 0; i < f->nin; i++) {
@@ -356,13 +359,11 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
             }
         }
     }
-    kn_tensor *res[64] = {0};
     uint32_t saved_stamp = kn__trace_stamp;
     kn__trace = tr;
     kn__trace_stamp = tr->stamp;
     kn_pool_push();
     int rc = f->body(f->ctx, in, res);
-    int outs[64];
     for (int k = 0; k < f->nout && rc == 0; k++) {
         if (!res[k]) {
             if (!kn_last_error()) kn__error("kn_function %s: the body left output %d NULL", f->name, k);
@@ -375,7 +376,6 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
     kn__trace = NULL;
     kn__trace_stamp = saved_stamp;
     kn_pool_pop();
-    f->stats.trace_seconds += now() - t0;
     if (rc != 0 || tr->oom) {
         if (rc == 0) {
             for (int k = 0; k < f->nout; k++) kn_release(res[k]);
@@ -384,8 +384,25 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
             kn__error("kn_function %s: the body returned %d", f->name, rc);
         }
         kn__trace_free(tr);
-        return -1;
+        return NULL;
     }
+    return tr;
+}
+
+/* Runs the body once, recording. Outputs are the eager results. */
+static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uint8_t *sig, size_t siglen) {
+    char reason[256];
+    retrace_reason(f, in, reason, sizeof reason);
+    f->stats.traces++;
+    if (log_recompiles())
+        fprintf(stderr, "kn_function %s: %s #%lld: %s\n", f->name, f->stats.traces == 1 ? "trace" : "retrace",
+                (long long)f->stats.traces, reason);
+    double t0 = now();
+    kn_tensor *res[64] = {0};
+    int outs[64];
+    kn_trace *tr = kn__record_body(f, in, res, outs);
+    f->stats.trace_seconds += now() - t0;
+    if (!tr) return -1;
     for (int k = 0; k < f->nout; k++) out[k] = kn__hand_over(res[k]);
     /* State made inside the body (optimizer moments on their first step) is
      * a value of this trace, not a capture: such a trace runs once. */
@@ -443,7 +460,8 @@ int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out) {
     int rc;
     if (hit) {
         f->stats.hits++;
-        rc = kn__run_plan(f->name, hit, f->nout, in, out, &f->stats.peak_bytes);
+        rc = shadow_env() ? kn__shadow_call(f, hit, in, out)
+                          : kn__run_plan(f->name, hit, f->nout, in, out, &f->stats.peak_bytes, NULL);
     } else {
         rc = trace_call(f, in, out, sig, siglen);
         int recent = 0;

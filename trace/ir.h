@@ -43,6 +43,8 @@ typedef struct kn_trace {
     bool stateful;      /* wrote into a tensor created while tracing */
     bool has_backward;  /* set gradients: replay without building autograd graphs */
     bool oom;
+    kn_tensor **vt;           /* while recording: the tensor of each node value (held) */
+    int capvt;
     struct kn_trace *parent;  /* kn_cond branches: the enclosing trace */
     bool outer_ref;           /* a branch read a traced tensor not passed in */
 } kn_trace;
@@ -69,6 +71,11 @@ struct kn_fn {
     bool warned;
 };
 
+/* Runs f's body once on in, recording: res gets the eager outputs (held
+ * references) and outs their value ids. NULL with an error on failure. */
+kn_trace *kn__record_body(kn_fn *f, kn_tensor *const *in, kn_tensor **res, int *outs);
+/* KN_SHADOW=1: runs a cached plan and the body eagerly, compares node by node. */
+int kn__shadow_call(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **out);
 /* Optimizes a recorded trace in place (folding, CSE, simplification, dead
  * code) and numbers the last use of each value. false on allocation failure. */
 bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout);
@@ -76,7 +83,7 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout);
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);
 /* Runs a plan: the reference executor. name is for errors. */
 int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out,
-                 int64_t *peak_bytes);
+                 int64_t *peak_bytes, kn_tensor **all);
 /* Frees a plan and its trace. */
 void kn__plan_free(plan *p);
 /* The value a tensor stands for in tr (a new capture or constant if unseen). */

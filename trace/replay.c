@@ -79,7 +79,7 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
 static int64_t bytes_of(const kn_tensor *t) { return t ? kn_numel(t) * (int64_t)kn_dtype_size(t->dtype) : 0; }
 
 int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out,
-                 int64_t *peak_bytes) {
+                 int64_t *peak_bytes, kn_tensor **all) {
     int64_t live = 0, peak = 0;
     const kn_trace *tr = pl->tr;
     kn_tensor **v = calloc((size_t)tr->nvals + 1, sizeof *v);
@@ -102,6 +102,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
         switch (n->kind) {
         case N_OP:
             if (!(v[n->out] = kn__op_call(n, &tr->vals[n->out], args))) rc = -1;
+            if (all && v[n->out]) all[n->out] = kn_retain(v[n->out]);  /* shadow mode keeps every value */
             live += bytes_of(v[n->out]);
             peak = live > peak ? live : peak;
             break;
@@ -126,7 +127,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
             const kn_tensor *p = args[0];
             bool taken = kn__load(kn__ptr(p), p->dtype) != 0;
             int64_t inner = 0;
-            rc = kn__run_plan(name, n->branch[taken ? 0 : 1], n->nout, args + 1, v + n->out, &inner);
+            rc = kn__run_plan(name, n->branch[taken ? 0 : 1], n->nout, args + 1, v + n->out, &inner, NULL);
             peak = live + inner > peak ? live + inner : peak;
             for (int k = 0; rc == 0 && k < n->nout; k++) live += bytes_of(v[n->out + k]);
             break;

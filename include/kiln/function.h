@@ -39,6 +39,8 @@ typedef struct {
     double trace_seconds;     /* recording the first calls */
     int64_t nodes;            /* nodes in the newest plan, after dead-code elimination */
     int64_t peak_bytes;       /* most bytes of intermediate values alive at once, last replay */
+    int64_t shadow_mismatches; /* KN_SHADOW=1: calls whose plan disagreed with eager */
+    char shadow_report[320];  /* the first node that disagreed, as text */
 } kn_fn_stats_t;
 kn_fn_stats_t kn_fn_stats(const kn_fn *f);
 /* The newest plan as readable text. */
