@@ -306,16 +306,18 @@ KN_SCALAR_INLINE float kn_s_gelu_f32(float x) {
     float m = kn__exp_core_f32(sh, hl + (el + tcorr), &n);
     n -= 2;
     float tm = t * m; /* Phi(-a) = tm * 2^n */
-    float xc = x < -15.0f ? -15.0f : x; /* gelu(-inf) = -0, not -inf*0 */
+    float xc = x < -15.0f ? -15.0f : x; /* the tail underflows to -0 here */
     float neg = kn__ldexp_f32(xc * tm, n);
     float pos = x * (1.0f - kn__ldexp_f32(tm, n));
     float r = x < 0.0f ? neg : pos;
+    r = x == -KN__F32_INF ? KN__F32_NAN : r; /* gelu(-inf) = -inf * 0 = NaN, as in PyTorch */
     return a < 0.7f ? central : r;
 }
 
 KN_SCALAR_INLINE double kn_s_gelu_f64(double x) {
-    double xc = x < -40.0 ? -40.0 : x; /* erfc underflows; avoids -inf*0 */
-    return 0.5 * xc * erfc(-xc * 0.70710678118654752440);
+    double xc = x < -40.0 ? -40.0 : x; /* erfc underflows */
+    double r = 0.5 * xc * erfc(-xc * 0.70710678118654752440);
+    return x == -KN__F64_INF ? KN__F64_NAN : r; /* gelu(-inf) is NaN in PyTorch */
 }
 
 /* gelu_tanh(x) = 0.5x(1 + tanh(u)), u = sqrt(2/pi)(x + 0.044715x^3)
@@ -346,6 +348,7 @@ KN_SCALAR_INLINE float kn_s_gelu_tanh_f32(float x) {
     float dl = (1.0f - d) + e;
     float rn = kn__ldexp_f32(kn__div_pair_f32(xc * m, d, dl), n);
     float rp = kn__div_pair_f32(x, d, dl);
+    rn = x == -KN__F32_INF ? KN__F32_NAN : rn; /* gelu(-inf) is NaN in PyTorch */
     return pos ? rp : rn;
 }
 
@@ -354,7 +357,7 @@ KN_SCALAR_INLINE double kn_s_gelu_tanh_f64(double x) {
     double u2 = 2.0 * 0.79788456080286535588 * (xc + 0.044715 * xc * xc * xc);
     double e = exp(-fabs(u2));
     double num = u2 >= 0.0 ? x : xc * e;
-    return num / (1.0 + e);
+    return x == -KN__F64_INF ? KN__F64_NAN : num / (1.0 + e); /* gelu(-inf) is NaN in PyTorch */
 }
 
 /* ------------------------------------------------------------------------ */
