@@ -7,13 +7,17 @@
 static _Thread_local char err_msg[1024];
 static _Thread_local bool err_set;
 
-static bool abort_on_error(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *e = getenv("KN_ABORT_ON_ERROR");
-        cached = e && *e && strcmp(e, "0") != 0;
+bool kn__env(int *cache, const char *name, const char *word) {
+    if (*cache < 0) {
+        const char *e = getenv(name);
+        *cache = e && (word ? strstr(e, word) != NULL : *e && strcmp(e, "0") != 0);
     }
-    return cached;
+    return *cache;
+}
+
+static bool abort_on_error(void) {
+    static int cache = -1;
+    return kn__env(&cache, "KN_ABORT_ON_ERROR", NULL);
 }
 
 void *kn__error(const char *fmt, ...) {

@@ -35,6 +35,12 @@ struct kn_tensor {
 /* Bytes per element of a valid dtype, inline for the hot paths. */
 static inline size_t kn__size(kn_dtype d) { return (size_t)(d == KN_BOOL ? 1 : d == KN_F64 || d == KN_I64 ? 8 : 4); }
 
+/* ---- environment switches (core/error.c) ---- */
+/* Whether variable name is set to something other than "" and "0" (word
+ * NULL), or contains word (KN_LOG=recompiles). Read once into *cache, which
+ * starts at -1. */
+bool kn__env(int *cache, const char *name, const char *word);
+
 /* ---- errors (core/error.c) ---- */
 /* Sets the thread-local message (printf-style). Always returns NULL. */
 void *kn__error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -226,32 +226,10 @@ void kn__trace_free(kn_trace *tr) {
 static atomic_bool force_eager;
 void kn_run_functions_eagerly(bool on) { atomic_store(&force_eager, on); }
 
-static bool eager_env(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *e = getenv("KN_EAGER");
-        cached = e && *e && strcmp(e, "0") != 0;
-    }
-    return cached || atomic_load(&force_eager);
-}
-
-static bool shadow_env(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *e = getenv("KN_SHADOW");
-        cached = e && *e && strcmp(e, "0") != 0;
-    }
-    return cached;
-}
-
-static bool log_recompiles(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *e = getenv("KN_LOG");
-        cached = e && strstr(e, "recompiles") != NULL;
-    }
-    return cached;
-}
+static int eager_cache = -1, shadow_cache = -1, log_cache = -1;
+static bool eager_env(void) { return kn__env(&eager_cache, "KN_EAGER", NULL) || atomic_load(&force_eager); }
+static bool shadow_env(void) { return kn__env(&shadow_cache, "KN_SHADOW", NULL); }
+static bool log_recompiles(void) { return kn__env(&log_cache, "KN_LOG", "recompiles"); }
 
 kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout, const void *opts) {
     (void)opts;

@@ -6,12 +6,8 @@
 #include <string.h>
 
 static bool dump_ir(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        const char *e = getenv("KN_DUMP");
-        cached = e && strstr(e, "ir") != NULL;
-    }
-    return cached;
+    static int cache = -1;
+    return kn__env(&cache, "KN_DUMP", "ir");
 }
 
 static bool is_random(kn_op op) { return op == KN_OP_rand || op == KN_OP_randn; }
