@@ -512,3 +512,26 @@ Test(function, shadow_mode_is_quiet_when_plans_agree) {
     cr_assert_eq(kn_fn_stats(f).shadow_mismatches, 0, "%s", kn_fn_stats(f).shadow_report);
     kn_fn_free(f);
 }
+
+static int const_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    out[0] = kn_full(KN_SHAPE(2), 3, KN_F32);  /* a constant output */
+    out[1] = in[0];                             /* an input returned as is, as eager would */
+    return kn_add_(in[1], kn_cast(in[1], KN_F64)) == 0 ? 0 : -1;  /* a promoting in-place write */
+}
+
+Test(function, outputs_do_not_share_storage_between_calls) {
+    kn_fn *f = kn_function("consts", const_body, NULL, 2, 2, NULL);
+    kn_tensor *x = kn_ones(KN_SHAPE(3), KN_F32), *acc = kn_ones(KN_SHAPE(2), KN_F32), *o1[2], *o2[2];
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){x, acc}, o1), 0, "%s", kn_last_error());
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){x, acc}, o2), 0, "%s", kn_last_error());
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){x, acc}, o2), 0, "%s", kn_last_error());
+    cr_assert_neq(kn_data(o1[0]), kn_data(o2[0]), "constant outputs are fresh tensors");
+    cr_assert_eq(kn_fill_(o2[0], 7), 0);
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){x, acc}, o2), 0);
+    cr_assert_eq(at(o2[0], 0), 3, "writing to an output must not change later calls");
+    cr_assert_eq(o2[1], x, "an input returned as output is that input, as in eager");
+    cr_assert_eq(at(acc, 0), 16, "4 doublings");
+    cr_assert_eq(kn_fn_stats(f).hits, 3);
+    kn_fn_free(f);
+}

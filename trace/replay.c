@@ -106,8 +106,11 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
             live += bytes_of(v[n->out]);
             peak = live > peak ? live : peak;
             break;
-        case N_WRITE:
-            if (args[1]->dtype != args[0]->dtype || kn_numel(args[1]) > kn_numel(args[0])) {
+        case N_WRITE: {
+            int64_t shape[KN_MAX_DIMS];
+            int nd;
+            if (!kn__broadcast_shape(args[0]->shape, args[0]->ndim, args[1]->shape, args[1]->ndim, shape, &nd) ||
+                nd != args[0]->ndim || memcmp(shape, args[0]->shape, (size_t)nd * sizeof *shape)) {
                 rc = -1;
                 kn__error("kn_call %s: an in-place write no longer fits its target", name);
                 break;
@@ -115,6 +118,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
             kn__copy(args[0], args[1]);
             kn__bump_version(args[0]);
             break;
+        }
         case N_SET_GRAD:
             kn_release(args[0]->grad);
             args[0]->grad = kn_retain(args[1]);
@@ -144,6 +148,11 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
         }
     }
     if (tr->has_backward) kn_no_grad_end();
+    /* A constant output is copied: each call returns its own tensor, as eager does. */
+    for (int k = 0; k < nout && rc == 0; k++) {
+        kn_tensor *o = v[pl->outs[k]];
+        if (tr->vals[pl->outs[k]].kind == V_CONST && !(v[pl->outs[k]] = kn_cast(o, o->dtype))) rc = -1;
+    }
     if (rc == 0)
         for (int k = 0; k < nout; k++) kn_retain(v[pl->outs[k]]);
     kn_pool_pop();
