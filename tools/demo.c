@@ -57,13 +57,14 @@ bad:
     return -1;
 }
 
-static void progress(bool tty, int epoch, int epochs, int64_t step, int64_t steps, double rate, double loss) {
+static void progress(bool tty, const char *mode, int epoch, int epochs, int64_t step, int64_t steps, double rate,
+                     double loss) {
     if (!tty) return;
     int width = 30, done = (int)(width * step / steps);
     char bar[64];
     for (int i = 0; i < width; i++) bar[i] = i < done ? '=' : i == done ? '>' : ' ';
     bar[width] = 0;
-    printf("\repoch %d/%d [%s] %lld/%lld  %6.0f steps/s  loss %.4f", epoch, epochs, bar,
+    printf("\r%s epoch %d/%d [%s] %lld/%lld  %6.0f steps/s  loss %.4f", mode, epoch, epochs, bar,
            (long long)step, (long long)steps, rate, loss);
     fflush(stdout);
 }
@@ -120,14 +121,14 @@ static int train(const options *o, bool traced, kn_tensor *xtr, kn_tensor *ytr, 
             kn_pool_pop();
             double t = now();
             if (t - last_draw > 0.1 || s == steps) {
-                progress(tty, epoch, o->epochs, s, steps, (double)s / (t - t0), running);
+                progress(tty, traced ? "traced" : "eager ", epoch, o->epochs, s, steps, (double)s / (t - t0), running);
                 last_draw = t;
             }
         }
         double dt = now() - t0;
         t_train += dt;
         kn_loader_reset(loader);
-        if (tty) printf("\n");
+        if (tty) printf("\r\033[K");  /* the summary line below replaces the bar */
         printf("%s epoch %d/%d: loss %.4f, %.2f s, %.0f steps/s\n", traced ? "traced" : "eager ", epoch,
                o->epochs, running, dt, (double)steps / dt);
     }
