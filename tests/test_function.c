@@ -535,3 +535,24 @@ Test(function, outputs_do_not_share_storage_between_calls) {
     cr_assert_eq(kn_fn_stats(f).hits, 3);
     kn_fn_free(f);
 }
+
+typedef struct { kn_tensor *w; } holder;
+static int holder_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    out[0] = kn_mul(in[0], ((holder *)ctx)->w);
+    return out[0] ? 0 : -1;
+}
+
+Test(function, a_replaced_capture_retraces) {
+    holder h = {kn_keep(kn_full(KN_SHAPE(2), 2, KN_F32))};
+    kn_fn *f = kn_function("holder", holder_body, &h, 1, 1, NULL);
+    kn_tensor *x = kn_ones(KN_SHAPE(2), KN_F32), *y;
+    cr_assert_eq(kn_call(f, &x, &y), 0);
+    cr_assert_eq(kn_call(f, &x, &y), 0);
+    kn_release(h.w);  /* the owner swaps in a new parameter */
+    h.w = kn_keep(kn_full(KN_SHAPE(2), 5, KN_F32));
+    cr_assert_eq(kn_call(f, &x, &y), 0, "%s", kn_last_error());
+    cr_assert_eq(at(y, 0), 5, "the new parameter is used, not the stale one");
+    cr_assert_eq(kn_fn_stats(f).traces, 2);
+    kn_fn_free(f);
+    kn_release(h.w);
+}

@@ -244,6 +244,7 @@ kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout,
 }
 
 void kn__plan_free(plan *p) {
+    free(p->captures);
     free(p->sig);
     free(p->outs);
     free(p->last_use);
@@ -368,9 +369,11 @@ kn_trace *kn__record_body(kn_fn *f, kn_tensor *const *in, kn_tensor **res, int *
 }
 
 /* Runs the body once, recording. Outputs are the eager results. */
-static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uint8_t *sig, size_t siglen) {
+static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uint8_t *sig, size_t siglen,
+                      const char *why) {
     char reason[256];
-    retrace_reason(f, in, reason, sizeof reason);
+    if (why) snprintf(reason, sizeof reason, "%s", why);
+    else retrace_reason(f, in, reason, sizeof reason);
     f->stats.traces++;
     if (log_recompiles())
         fprintf(stderr, "kn_function %s: %s #%lld: %s\n", f->name, f->stats.traces == 1 ? "trace" : "retrace",
@@ -435,13 +438,29 @@ int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out) {
         if (f->plans[i].siglen == siglen && !memcmp(f->plans[i].sig, sig, siglen)) hit = &f->plans[i];
     f->history[f->hpos] = !hit;
     f->hpos = (f->hpos + 1) % 10;
+    /* A capture only the plan still holds was dropped by its owner (a
+     * replaced parameter, say): the plan would read a stale tensor. */
+    char why[160] = "";
+    for (int c = 0; hit && c < hit->ncaptures; c++) {
+        const tvalue *v = &hit->tr->vals[hit->captures[c]];
+        if (atomic_load(&v->t->refcount) > 1) continue;
+        char b[KN_SHAPE_BUF];
+        snprintf(why, sizeof why, "captured tensor %%%d %s%s is no longer referenced outside the plan (replaced?)",
+                 hit->captures[c], kn_dtype_name(v->dtype), kn__shape_str(v->shape, v->ndim, b));
+        int at = (int)(hit - f->plans);
+        kn__plan_free(&f->plans[at]);
+        memmove(&f->plans[at], &f->plans[at + 1], (size_t)(f->nplans - at - 1) * sizeof *f->plans);
+        f->nplans--;
+        hit = NULL;
+    }
+    f->history[(f->hpos + 9) % 10] = !hit;
     int rc;
     if (hit) {
         f->stats.hits++;
         rc = shadow_env() ? kn__shadow_call(f, hit, in, out)
                           : kn__run_plan(f->name, hit, f->nout, in, out, &f->stats.peak_bytes, NULL);
     } else {
-        rc = trace_call(f, in, out, sig, siglen);
+        rc = trace_call(f, in, out, sig, siglen, why[0] ? why : NULL);
         int recent = 0;
         for (int i = 0; i < 10; i++) recent += f->history[i];
         if (recent >= 5 && !f->warned) {

@@ -55,6 +55,8 @@ typedef struct plan {
     kn_trace *tr;       /* after dead-code elimination; held tensors dropped */
     int *outs;          /* value id per output */
     int *last_use;      /* per value: index of the last node reading it */
+    int *captures;      /* value ids of the captures the plan reads */
+    int ncaptures;
 } plan;
 
 struct kn_fn {

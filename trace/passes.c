@@ -180,6 +180,9 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
             if (tr->nodes[i].in[j] >= 0) pl->last_use[tr->nodes[i].in[j]] = i;
     for (int k = 0; k < nout; k++)
         if (outs[k] >= 0) pl->last_use[outs[k]] = INT32_MAX;
+    pl->captures = malloc(((size_t)tr->nvals + 1) * sizeof *pl->captures);
+    for (int v = 0; pl->captures && v < tr->nvals; v++)
+        if (tr->vals[v].kind == V_CAPTURE && pl->last_use[v] >= 0) pl->captures[pl->ncaptures++] = v;
     /* The recording is over: drop the tensors held against address reuse. */
     for (int i = 0; i < tr->nheld; i++) kn_release(tr->held[i]);
     free(tr->held);
