@@ -196,7 +196,7 @@ int kn_backward_ex(kn_tensor *out, kn_tensor *grad_out, bool create_graph) {
         return -1;
     }
     char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
-    if (!grad_out && kn_numel(out) != 1) {
+    if (!grad_out && kn__tnumel(out) != 1) {
         kn__error("kn_backward: output of shape %s is not a scalar; pass grad_out",
                   kn__shape_str(out->shape, out->ndim, b0));
         return -1;

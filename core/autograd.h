@@ -44,6 +44,9 @@ bool kn__needs_grad(kn_tensor *const *in, int nin);
  * (out released) when recording fails. p may be NULL. */
 kn_tensor *kn__record(kn_op op, kn_tensor *out, kn_tensor *const *in, int nin, const kn_params *p);
 void kn__node_release(kn_node *n);
+/* How many elements x has over the dims in mask, as a 0-dim f64 tensor. An
+ * op, so a plan recomputes it for every call's sizes. */
+kn_tensor *kn__count(kn_tensor *x, int64_t mask);
 /* g summed down to shape (undoing broadcasting); a new reference. */
 kn_tensor *kn__sum_to(kn_tensor *g, const int64_t *shape, int ndim);
 /* Marks t's storage as written in place. */

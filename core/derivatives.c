@@ -129,11 +129,12 @@ static kn_tensor *unreduce(kn_node *n, kn_tensor *g, kn_tensor *x) {
     return kn_expand(r, x->shape, x->ndim);
 }
 
-static double reduced_count(kn_node *n, kn_tensor *x) {
+kn_tensor *kn__count(kn_tensor *x, int64_t mask) {
+    KN_CHECK("kn_backward", x);
     double c = 1;
     for (int d = 0; d < x->ndim; d++)
-        if (n->p.i[0] >> d & 1) c *= (double)x->shape[d];
-    return c;
+        if (mask >> d & 1) c *= (double)x->shape[d];
+    return kn__record(KN_OP_count, kn_scalar(c, KN_F64), &x, 1, &(kn_params){.i = {mask}});
 }
 
 static int reduced_dims(kn_node *n, kn_tensor *x, int *dims) {
@@ -144,7 +145,7 @@ static int reduced_dims(kn_node *n, kn_tensor *x, int *dims) {
 }
 
 RULE(sum) { SET(0, unreduce(n, g, IN(0))); return 0; }
-RULE(mean) { SET(0, kn_div_scalar(unreduce(n, g, IN(0)), reduced_count(n, IN(0)))); return 0; }
+RULE(mean) { SET(0, kn_div(unreduce(n, g, IN(0)), kn__count(IN(0), n->p.i[0]))); return 0; }
 static int amax_amin(kn_node *n, kn_tensor *g, kn_tensor **gin) {
     kn_tensor *x = IN(0);
     int dims[KN_MAX_DIMS], nd = reduced_dims(n, x, dims);
@@ -159,8 +160,8 @@ RULE(var) {  /* p.i[2] = correction */
     kn_tensor *x = IN(0);
     int dims[KN_MAX_DIMS], nd = reduced_dims(n, x, dims);
     kn_tensor *centered = kn_sub(x, kn_mean(x, dims, nd, true));
-    double scale = 2.0 / (reduced_count(n, x) - (double)n->p.i[2]);
-    SET(0, kn_mul(unreduce(n, g, x), kn_mul_scalar(centered, scale)));
+    kn_tensor *dof = kn_sub_scalar(kn__count(x, n->p.i[0]), (double)n->p.i[2]);
+    SET(0, kn_mul(unreduce(n, g, x), kn_div(kn_mul_scalar(centered, 2), dof)));
     return 0;
 }
 RULE(logsumexp) {
@@ -294,14 +295,14 @@ static kn_tensor *one_hot(kn_tensor *target, int64_t c, kn_tensor *like) {
     return mask_of(kn_eq(kn_unsqueeze(target, 1), classes), like);
 }
 /* Upstream gradient per row: p.i[0] = reduction (0 mean, 1 sum, 2 none). */
-static kn_tensor *loss_rows(kn_node *n, kn_tensor *g, int64_t rows) {
+static kn_tensor *loss_rows(kn_node *n, kn_tensor *g, kn_tensor *x) {
     if (n->p.i[0] == 2) return kn_unsqueeze(g, 1);
-    return n->p.i[0] == 0 ? kn_div_scalar(g, (double)rows) : kn__ret(g);
+    return n->p.i[0] == 0 ? kn_div(g, kn__count(x, 1)) : kn__ret(g);
 }
 RULE(cross_entropy) {  /* in = {logits [N,C], target [N]} */
     kn_tensor *x = IN(0);
     kn_tensor *d = kn_sub(kn_softmax(x, 1), one_hot(IN(1), x->shape[1], x));
-    SET(0, kn_mul(d, loss_rows(n, g, x->shape[0])));
+    SET(0, kn_mul(d, loss_rows(n, g, x)));
     return 0;
 }
 #define UNARY_SAVES_OUT(name) [KN_OP_##name] = {d_##name, 0, true}

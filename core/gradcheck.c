@@ -45,7 +45,7 @@ bool kn_gradcheck(kn_grad_fn f, void *ctx, kn_tensor *const *in, int n, double e
         kn_tensor *x = in[i];
         if (!x->requires_grad) continue;
         kn_tensor *g = kn_grad(x);
-        int64_t cnt = kn_numel(x);
+        int64_t cnt = kn__tnumel(x);
         for (int64_t j = 0; j < cnt && ok; j++) {
             char *p = elem_ptr(x, j);
             double v = kn__load(p, x->dtype);

@@ -68,6 +68,9 @@ kn_tensor *kn__scope_end(kn_tensor *result);
 kn_tensor *kn__view(kn_tensor *base, const int64_t *shape, const int64_t *strides,
                     int ndim, int64_t offset);
 int64_t kn__numel(const int64_t *shape, int ndim);
+/* Elements of t. Library code uses this, not kn_numel: reading sizes
+ * through the public accessors while tracing pins a plan to exact shapes. */
+static inline int64_t kn__tnumel(const kn_tensor *t) { return t ? kn__numel(t->shape, t->ndim) : -1; }
 void kn__contig_strides(const int64_t *shape, int ndim, int64_t *strides);
 static inline char *kn__ptr(const kn_tensor *t) {
     return (char *)t->storage->data + t->offset * (int64_t)kn__size(t->dtype);

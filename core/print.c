@@ -66,7 +66,7 @@ static void put_dim(sbuf *b, const fmt_ctx *c, int d, const char *p, int indent)
 char *kn_to_string(const kn_tensor *t) {
     if (!t) return kn__null_arg("kn_to_string");
     sbuf b = {0};
-    int64_t n = kn_numel(t);
+    int64_t n = kn__tnumel(t);
     fmt_ctx c = {t, n > 1000, false, 4};
     if (kn__is_float(t->dtype)) {  /* PyTorch switches to scientific for wide ranges */
         double lo = INFINITY, hi = 0;

@@ -303,10 +303,19 @@ void kn_release(kn_tensor *t) {
 
 /* ---- inspection ---- */
 int kn_ndim(const kn_tensor *t) { return t ? t->ndim : -1; }
-const int64_t *kn_shape(const kn_tensor *t) { return t ? t->shape : NULL; }
-const int64_t *kn_strides(const kn_tensor *t) { return t ? t->strides : NULL; }
+const int64_t *kn_shape(const kn_tensor *t) {
+    kn__trace_sizes_read();
+    return t ? t->shape : NULL;
+}
+const int64_t *kn_strides(const kn_tensor *t) {
+    kn__trace_sizes_read();
+    return t ? t->strides : NULL;
+}
 kn_dtype kn_dtype_of(const kn_tensor *t) { return t ? t->dtype : KN_DTYPE_COUNT; }
-int64_t kn_numel(const kn_tensor *t) { return t ? kn__numel(t->shape, t->ndim) : -1; }
+int64_t kn_numel(const kn_tensor *t) {
+    kn__trace_sizes_read();
+    return t ? kn__numel(t->shape, t->ndim) : -1;
+}
 void *kn_data(const kn_tensor *t) {
     if (!t) return kn__null_arg("kn_data");
     return kn__trace_read_error("kn_data", t) ? NULL : kn__ptr(t);
@@ -326,7 +335,7 @@ bool kn_is_contiguous(const kn_tensor *t) {
 int kn_copy_out(const kn_tensor *t, void *buf, size_t nbytes) {
     if (!t || !buf) return kn__null_arg("kn_copy_out"), -1;
     if (kn__trace_read_error("kn_copy_out", t)) return -1;
-    size_t need = (size_t)kn_numel(t) * kn_dtype_size(t->dtype);
+    size_t need = (size_t)kn__tnumel(t) * kn_dtype_size(t->dtype);
     if (nbytes < need) {
         kn__error("kn_copy_out: buffer of %zu bytes is too small (need %zu)", nbytes, need);
         return -1;
@@ -347,10 +356,10 @@ int kn_copy_out(const kn_tensor *t, void *buf, size_t nbytes) {
 double kn_item(const kn_tensor *t) {
     if (!t) return kn__null_arg("kn_item"), (double)NAN;
     if (kn__trace_read_error("kn_item", t)) return (double)NAN;
-    if (kn_numel(t) != 1) {
+    if (kn__tnumel(t) != 1) {
         char b[KN_SHAPE_BUF];
         kn__error("kn_item: tensor of shape %s has %lld elements (expected 1)",
-                  kn__shape_str(t->shape, t->ndim, b), (long long)kn_numel(t));
+                  kn__shape_str(t->shape, t->ndim, b), (long long)kn__tnumel(t));
         return (double)NAN;
     }
     return kn__load(kn__ptr(t), t->dtype);
@@ -362,7 +371,7 @@ kn_tensor *kn_empty(const int64_t *shape, int ndim, kn_dtype dt) { return kn__al
 kn_tensor *kn_full(const int64_t *shape, int ndim, double value, kn_dtype dt) {
     kn_tensor *t = kn__alloc(shape, ndim, dt);
     if (!t) return NULL;
-    int64_t n = kn_numel(t);
+    int64_t n = kn__tnumel(t);
     char *p = kn__ptr(t);
     switch (dt) {
     case KN_F32: for (int64_t i = 0; i < n; i++) ((float *)p)[i] = (float)value; break;

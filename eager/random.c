@@ -40,7 +40,7 @@ static kn_tensor *sample(const char *op, const int64_t *shape, int ndim, kn_dtyp
         return kn__error("%s: dtype %s is not supported (expected f32 or f64)", op, kn_dtype_name(dt));
     kn_tensor *t = kn__alloc(shape, ndim, dt);
     if (!t) return NULL;
-    int64_t n = kn_numel(t);
+    int64_t n = kn__tnumel(t);
     rng_ctx c = {kn__ptr(t), dt, 0, 0, normal};
     kn__philox_reserve((uint64_t)n * 4, &c.seed, &c.offset);
     kn__parallel_for(n, 1 << 14, fill, &c);

@@ -57,7 +57,7 @@ kn_tensor *kn_index_add(kn_tensor *x, int dim, kn_tensor *index, kn_tensor *src)
     int d = kn__dim(op, dim, x->ndim);
     if (d < 0) return NULL;
     char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
-    int64_t nidx = kn_numel(index);
+    int64_t nidx = kn__tnumel(index);
     bool ok = index->ndim <= 1 && src->ndim == x->ndim;
     for (int i = 0; ok && i < x->ndim; i++) ok = src->shape[i] == (i == d ? nidx : x->shape[i]);
     if (!ok)
@@ -130,7 +130,7 @@ kn_tensor *kn_scatter_add(kn_tensor *x, int dim, kn_tensor *index, kn_tensor *sr
     kn_tensor *idx = index_i64(op, index), *out = NULL;
     kn_tensor *s = idx ? (src->dtype == dt ? kn__ret(src) : kn_cast(src, dt)) : NULL;
     int64_t size = x->ndim ? x->shape[d] : 1;
-    if (s && check_range(op, (const int64_t *)kn__ptr(idx), kn_numel(idx), size) &&
+    if (s && check_range(op, (const int64_t *)kn__ptr(idx), kn__tnumel(idx), size) &&
         (out = fresh_copy(x, dt)))
         scatters[dt](kn__ptr(out), out, kn__ptr(s), s->strides, (const int64_t *)kn__ptr(idx),
                      index->shape, index->ndim, d);

@@ -316,19 +316,19 @@ static void cat_range(void *p, int64_t b, int64_t e) {
 /* Copies xs into out along dim. Inputs with no elements are skipped, so the
  * legacy [0]-shaped ones that cat ignores never reach the copy. */
 static kn_tensor *cat_into(const char *op, kn_tensor *out, kn_tensor *const *xs, int n, int dim) {
-    if (kn_numel(out) == 0) return out;
+    if (kn__tnumel(out) == 0) return out;
     size_t esz = kn_dtype_size(out->dtype);
     int64_t inner = (int64_t)esz * kn__numel(out->shape + dim + 1, out->ndim - dim - 1);
     /* One-element segments (stack along the last dim) copy faster as one
      * long strided loop per input than as many tiny memcpys. */
     bool fast = true;
     for (int i = 0; i < n && fast; i++)
-        fast = kn_numel(xs[i]) == 0 || (xs[i]->dtype == out->dtype && kn_is_contiguous(xs[i]) &&
+        fast = kn__tnumel(xs[i]) == 0 || (xs[i]->dtype == out->dtype && kn_is_contiguous(xs[i]) &&
                                         xs[i]->shape[dim] * inner > (int64_t)esz);
     if (!fast) {
         int64_t at = 0;
         for (int i = 0; i < n; i++) {
-            if (kn_numel(xs[i]) == 0) continue;
+            if (kn__tnumel(xs[i]) == 0) continue;
             kn_tensor h = *out;  /* out's slab for input i */
             h.shape[dim] = xs[i]->shape[dim];
             h.offset = out->offset + at * out->strides[dim];
@@ -344,9 +344,9 @@ static kn_tensor *cat_into(const char *op, kn_tensor *out, kn_tensor *const *xs,
     }
     col[0] = 0;
     for (int i = 0; i < n; i++)
-        col[i + 1] = col[i] + (kn_numel(xs[i]) ? xs[i]->shape[dim] * inner : 0);
+        col[i + 1] = col[i] + (kn__tnumel(xs[i]) ? xs[i]->shape[dim] * inner : 0);
     cat_ctx c = {xs, kn__ptr(out), col[n], col};
-    kn__parallel_for(kn_numel(out) * (int64_t)esz, GRAIN_BYTES, cat_range, &c);
+    kn__parallel_for(kn__tnumel(out) * (int64_t)esz, GRAIN_BYTES, cat_range, &c);
     free(col);
     return out;
 }
@@ -547,7 +547,7 @@ kn_tensor *kn_index_select(kn_tensor *x, int dim, kn_tensor *index) {
         return kn__error("kn_index_select: index must be 0-dim or 1-D (got shape %s)",
                          kn__shape_str(index->shape, index->ndim, b0));
     if ((dim = kn__dim("kn_index_select", dim, x->ndim)) < 0) return NULL;
-    int64_t k = kn_numel(index), size = x->ndim ? x->shape[dim] : 1;
+    int64_t k = kn__tnumel(index), size = x->ndim ? x->shape[dim] : 1;
     if (x->ndim == 0 && k != 1)
         return kn__error("kn_index_select: a 0-dim input takes exactly one index (got %lld)",
                          (long long)k);
@@ -566,11 +566,11 @@ kn_tensor *kn_index_select(kn_tensor *x, int dim, kn_tensor *index) {
     if (!out) return NULL;
     size_t esz = kn_dtype_size(x->dtype);
     int64_t row = (int64_t)esz * kn__numel(x->shape + dim + 1, x->ndim - dim - 1);
-    if (kn_numel(out) == 0) {
+    if (kn__tnumel(out) == 0) {
         /* nothing to copy */
     } else if (x->ndim && kn_is_contiguous(x) && row >= 64) {
         isel_ctx c = {x, index, kn__ptr(out), k, size, row};
-        int64_t rows = kn_numel(out) * (int64_t)esz / row;
+        int64_t rows = kn__tnumel(out) * (int64_t)esz / row;
         kn__parallel_for(rows, GRAIN_BYTES / row + 1, isel_range, &c);
     } else {
         /* General strides: gather with the index spread along dim. */

@@ -150,7 +150,7 @@ static kn_tensor *embedding(kn_module *m, kn_tensor *x) {
     memcpy(shape, x->shape, (size_t)x->ndim * sizeof *shape);
     shape[x->ndim] = m->weight->shape[1];
     kn__scope_begin();
-    kn_tensor *rows = kn_index_select(m->weight, 0, kn_reshape(x, KN_SHAPE(kn_numel(x))));
+    kn_tensor *rows = kn_index_select(m->weight, 0, kn_reshape(x, KN_SHAPE(kn__tnumel(x))));
     return kn__scope_end(kn_reshape(rows, shape, x->ndim + 1));
 }
 

@@ -148,12 +148,16 @@ Test(function, retraces_on_new_signatures_only) {
     kn_fn *f = kn_function("scale", scale_body, w, 1, 1, NULL);
     const int64_t batches[] = {1, 7, 64, 64, 7};
     kn_tensor *out;
-    for (int i = 0; i < 5; i++)
-        cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_zeros(KN_SHAPE(batches[i], 3), KN_F32)}, &out), 0);
-    cr_assert_eq(kn_fn_stats(f).traces, 3, "plans are per exact shape: 1, 7, 64");
-    cr_assert_eq(kn_fn_stats(f).hits, 2);
+    for (int i = 0; i < 5; i++) {
+        kn_tensor *x = kn_randn(KN_SHAPE(batches[i], 3), KN_F32), *want;
+        cr_assert_eq(kn_call(f, &x, &out), 0);
+        scale_body(w, &x, &want);
+        assert_equal(out, want);
+    }
+    cr_assert_eq(kn_fn_stats(f).traces, 2, "sizes are symbolic: batch 1 (a dim of 1) and one plan for 7 and 64");
+    cr_assert_eq(kn_fn_stats(f).hits, 3);
     cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_zeros(KN_SHAPE(7, 3), KN_F64)}, &out), 0);
-    cr_assert_eq(kn_fn_stats(f).traces, 4, "a new dtype retraces");
+    cr_assert_eq(kn_fn_stats(f).traces, 3, "a new dtype retraces");
     cr_assert_eq(kn_dtype_of(out), KN_F64);
     kn_fn_free(f);
 }
@@ -555,4 +559,70 @@ Test(function, a_replaced_capture_retraces) {
     cr_assert_eq(kn_fn_stats(f).traces, 2);
     kn_fn_free(f);
     kn_release(h.w);
+}
+
+/* A training step replayed at another batch size: the last, partial batch
+ * of an epoch reuses the plan, and the 1/N of the mean follows N. */
+Test(function, symbolic_batch_sizes_match_eager) {
+    kn_manual_seed(8);
+    trainer t = {kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL), NULL};
+    trainer e = {kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL), NULL};
+    kn_tensor *pt[4], *pe[4];
+    kn_parameters(t.model, pt, NULL, 4);
+    kn_parameters(e.model, pe, NULL, 4);
+    kn_no_grad_begin();
+    for (int i = 0; i < 4; i++) kn_copy_(pe[i], pt[i]);
+    kn_no_grad_end();
+    t.opt = kn_adam_new(pt, 4, 1e-2, 0.9, 0.999, 1e-8, 0);
+    e.opt = kn_adam_new(pe, 4, 1e-2, 0.9, 0.999, 1e-8, 0);
+    kn_fn *f = kn_function("train_step", train_step, &t, 2, 1, NULL);
+    const int64_t batches[] = {32, 32, 32, 20, 32, 9, 32};
+    for (int s = 0; s < 7; s++) {
+        kn_tensor *x = kn_randn(KN_SHAPE(batches[s], 12), KN_F32);
+        kn_tensor *y = kn_argmax(kn_randn(KN_SHAPE(batches[s], 4), KN_F32), 1, false);
+        kn_tensor *lt, *le;
+        cr_assert_eq(kn_call(f, (kn_tensor *[]){x, y}, &lt), 0, "step %d: %s", s, kn_last_error());
+        cr_assert_eq(train_step(&e, (kn_tensor *[]){x, y}, &le), 0);
+        cr_assert_eq(at(lt, 0), at(le, 0), "step %d (batch %lld)", s, (long long)batches[s]);
+    }
+    for (int i = 0; i < 4; i++) assert_equal(pt[i], pe[i]);
+    cr_assert_eq(kn_fn_stats(f).traces, 2, "the state-making first trace and one symbolic plan");
+    kn_fn_free(f);
+    for (int m = 0; m < 2; m++) {
+        trainer *tt = m ? &e : &t;
+        kn_optim_free(tt->opt);
+        kn_module_free(tt->model);
+    }
+}
+
+static int shape_reading_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    out[0] = kn_div_scalar(kn_sum(in[0], KN_ALL_DIMS, false), (double)kn_shape(in[0])[0]);  /* bakes a size */
+    return 0;
+}
+
+static int literal_reshape_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    out[0] = kn_sum(kn_reshape(in[0], KN_SHAPE(48)), KN_ALL_DIMS, false);  /* 16 x 3 spelled out */
+    return 0;
+}
+
+Test(function, baked_sizes_pin_plans_to_exact_shapes) {
+    kn_fn *f = kn_function("mean0", shape_reading_body, NULL, 1, 1, NULL);
+    kn_tensor *out;
+    for (int64_t n = 4; n <= 6; n++) {
+        cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_ones(KN_SHAPE(n, 3), KN_F32)}, &out), 0);
+        cr_assert_eq(at(out, 0), 3, "n %lld: the size read by kn_shape must follow the call", (long long)n);
+    }
+    cr_assert_eq(kn_fn_stats(f).traces, 3, "a body that reads sizes gets exact plans");
+    kn_fn_free(f);
+    kn_fn *g = kn_function("literal", literal_reshape_body, NULL, 1, 1, NULL);
+    cr_assert_eq(kn_call(g, (kn_tensor *[]){kn_ones(KN_SHAPE(16, 3), KN_F32)}, &out), 0);
+    cr_assert_eq(kn_call(g, (kn_tensor *[]){kn_ones(KN_SHAPE(16, 3), KN_F32)}, &out), 0);
+    cr_assert_eq(kn_fn_stats(g).hits, 1);
+    /* [8,3] cannot become [48]: the symbolic plan fails before any side
+     * effect, so the call retraces and reports the eager error. */
+    cr_assert_eq(kn_call(g, (kn_tensor *[]){kn_ones(KN_SHAPE(8, 3), KN_F32)}, &out), -1);
+    cr_assert(strstr(kn_last_error(), "kn_reshape"), "%s", kn_last_error());
+    kn_fn_free(g);
 }

@@ -35,14 +35,7 @@ static plan *record_branch(kn_trace *outer, kn_body branch, void *ctx, kn_tensor
     tr->stamp = outer->stamp;  /* tensors made by the outer body stay recognizable */
     tr->name = outer->name;
     tr->parent = outer;
-    for (int i = 0; i < nin; i++)
-        if (kn__map_get(tr, in[i]) < 0) {
-            int v = kn__new_value(tr, V_INPUT, i, NULL, in[i]);
-            if (v >= 0) {
-                kn__map_put(tr, in[i], v);
-                kn__hold(tr, in[i]);
-            }
-        }
+    kn__trace_inputs(tr, in, nin);
     kn__trace = tr;
     kn_pool_push();
     int rc = branch(ctx, in, res);
@@ -60,6 +53,7 @@ static plan *record_branch(kn_trace *outer, kn_body branch, void *ctx, kn_tensor
                       "branches must be pure", outer->name);
             rc = -2;
         }
+    if (tr->exact) outer->exact = true;  /* sub-plans have no signature of their own */
     if (rc == 0 && tr->outer_ref) {
         kn__error("kn_cond in kn_function '%s': a branch uses a tensor the body computed without taking "
                   "it through in; pass it in the branch inputs", outer->name);
@@ -89,7 +83,7 @@ int kn_cond(kn_tensor *pred, kn_body then_fn, kn_body else_fn, void *ctx, kn_ten
         if (!in[i]) return kn__null_arg("kn_cond"), -1;
     if (nin > 63 || nout < 1 || nout > 64)
         return kn__error("kn_cond: %d inputs and %d outputs (expected 0..63 and 1..64)", nin, nout), -1;
-    if (kn_numel(pred) != 1) {
+    if (kn__tnumel(pred) != 1) {
         char b[KN_SHAPE_BUF];
         return kn__error("kn_cond: the predicate has shape %s (expected one element)",
                          kn__shape_str(pred->shape, pred->ndim, b)), -1;

@@ -86,6 +86,16 @@ int kn__new_value(kn_trace *tr, vkind kind, int index, kn_tensor *owned, const k
     tvalue *v = &tr->vals[tr->nvals];
     *v = (tvalue){.kind = kind, .index = index, .t = owned, .dtype = like->dtype, .ndim = like->ndim};
     memcpy(v->shape, like->shape, sizeof v->shape);
+    for (int d = 0; d < KN_MAX_DIMS; d++) v->sym[d] = -1;
+    for (int d = 0; d < like->ndim; d++) {
+        if (kind == V_INPUT && like->shape[d] == 1) continue;
+        /* Node dims equal to an input size follow it. Constants (captures,
+         * snapshots) keep their sizes: where one coincides with an input size
+         * and that size changes, the op that mixes them fails loudly, and the
+         * call retraces for exact shapes. */
+        for (int s = 0; (kind == V_NODE || kind == V_INPUT) && s < tr->nsyms && v->sym[d] < 0; s++)
+            if (tr->sym_value[s] == like->shape[d]) v->sym[d] = tr->sym_id[s];
+    }
     return tr->nvals++;
 }
 
@@ -192,6 +202,10 @@ void kn__trace_grad_read(kn_tensor *leaf, kn_tensor *g) {
     kn__hold(tr, g);
 }
 
+void kn__trace_sizes_read(void) {
+    if (kn__trace) kn__trace->exact = true;
+}
+
 bool kn__trace_read_error(const char *op, const kn_tensor *t) {
     (void)t;
     if (!kn__trace) return false;
@@ -262,15 +276,21 @@ void kn_fn_free(kn_fn *f) {
 kn_fn_stats_t kn_fn_stats(const kn_fn *f) { return f ? f->stats : (kn_fn_stats_t){0}; }
 
 /* The signature: grad mode, then per input dtype, rank, requires-grad and
- * shape. Shapes are exact: derivative rules bake sizes into constants (the
- * 1/N of a mean), so a plan is only valid for the shapes it was traced at. */
-static size_t signature(kn_tensor *const *in, int nin, uint8_t *buf) {
+ * which dims are 1; then the exact shapes, which only an exact plan
+ * compares (*symlen is the length of the first part). */
+static size_t signature(kn_tensor *const *in, int nin, uint8_t *buf, size_t *symlen) {
     size_t n = 0;
     buf[n++] = kn_grad_enabled();
     for (int i = 0; i < nin; i++) {
+        uint8_t ones = 0;
+        for (int d = 0; d < in[i]->ndim; d++) ones |= (uint8_t)((in[i]->shape[d] == 1) << d);
         buf[n++] = (uint8_t)in[i]->dtype;
         buf[n++] = (uint8_t)in[i]->ndim;
         buf[n++] = in[i]->requires_grad;
+        buf[n++] = ones;
+    }
+    *symlen = n;
+    for (int i = 0; i < nin; i++) {
         memcpy(buf + n, in[i]->shape, (size_t)in[i]->ndim * sizeof(int64_t));
         n += (size_t)in[i]->ndim * sizeof(int64_t);
     }
@@ -288,27 +308,43 @@ static void retrace_reason(const kn_fn *f, kn_tensor *const *in, char *buf, size
         snprintf(buf, len, "grad mode %s -> %s", s[0] ? "on" : "off", s[0] ? "off" : "on");
         return;
     }
-    size_t pos = 1;
+    const plan *last = &f->plans[f->nplans - 1];
+    size_t shapes = 1 + 4 * (size_t)f->nin;  /* exact shapes follow the per-input bytes */
     for (int i = 0; i < f->nin; i++) {
-        kn_dtype dt = (kn_dtype)s[pos];
-        int nd = s[pos + 1];
-        bool rg = s[pos + 2];
+        const uint8_t *e = s + 1 + 4 * i;
+        kn_dtype dt = (kn_dtype)e[0];
+        int nd = e[1];
+        bool rg = e[2];
         int64_t shape[KN_MAX_DIMS];
-        memcpy(shape, s + pos + 3, (size_t)nd * sizeof(int64_t));
-        pos += 3 + (size_t)nd * sizeof(int64_t);
+        memcpy(shape, s + shapes, (size_t)nd * sizeof(int64_t));
+        shapes += (size_t)nd * sizeof(int64_t);
         char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
+        bool ones_differ = false;
+        for (int d = 0; d < nd && d < in[i]->ndim; d++) ones_differ |= (shape[d] == 1) != (in[i]->shape[d] == 1);
         if (dt != in[i]->dtype)
             snprintf(buf, len, "input %d dtype %s -> %s", i, kn_dtype_name(dt), kn_dtype_name(in[i]->dtype));
         else if (rg != in[i]->requires_grad)
             snprintf(buf, len, "input %d requires_grad %d -> %d", i, rg, in[i]->requires_grad);
-        else if (nd != in[i]->ndim || memcmp(shape, in[i]->shape, (size_t)nd * sizeof(int64_t)))
-            snprintf(buf, len, "input %d shape %s -> %s", i, kn__shape_str(shape, nd, b0),
-                     kn__shape_str(in[i]->shape, in[i]->ndim, b1));
+        else if (nd != in[i]->ndim || ones_differ ||
+                 (last->symlen == last->siglen && memcmp(shape, in[i]->shape, (size_t)nd * sizeof(int64_t))))
+            snprintf(buf, len, "input %d shape %s -> %s%s", i, kn__shape_str(shape, nd, b0),
+                     kn__shape_str(in[i]->shape, in[i]->ndim, b1),
+                     last->symlen == last->siglen ? " (the plan was exact)" : "");
         else
             continue;
         return;
     }
     snprintf(buf, len, "the previous trace could not be kept");
+}
+
+/* Tied input dims are still equal. */
+static bool ties_hold(const plan *pl, kn_tensor *const *in) {
+    const kn_trace *tr = pl->tr;
+    for (int t = 0; t < tr->nties; t++) {
+        int a = tr->tie[t][0], b = tr->tie[t][1];
+        if (in[a / KN_MAX_DIMS]->shape[a % KN_MAX_DIMS] != in[b / KN_MAX_DIMS]->shape[b % KN_MAX_DIMS]) return false;
+    }
+    return true;
 }
 
 static double now(void) {
@@ -323,12 +359,22 @@ kn_tensor *kn__hand_over(kn_tensor *t) {
     return t;
 }
 
-kn_trace *kn__record_body(kn_fn *f, kn_tensor *const *in, kn_tensor **res, int *outs) {
-    kn_trace *tr = calloc(1, sizeof *tr);
-    if (!tr) return kn__error("kn_function %s: out of memory", f->name);
-    tr->stamp = atomic_fetch_add(&next_stamp, 1);
-    tr->name = f->name;
-    for (int i = 0; i < f->nin; i++) {
+void kn__trace_inputs(kn_trace *tr, kn_tensor *const *in, int nin) {
+    for (int i = 0; i < nin; i++)
+        for (int d = 0; d < in[i]->ndim; d++) {
+            if (in[i]->shape[d] == 1) continue;
+            int16_t id = (int16_t)(i * KN_MAX_DIMS + d);
+            int s = 0;
+            while (s < tr->nsyms && tr->sym_value[s] != in[i]->shape[d]) s++;
+            if (s < tr->nsyms) {  /* the same size again: tie it to the first */
+                tr->tie[tr->nties][0] = tr->sym_id[s];
+                tr->tie[tr->nties++][1] = id;
+                continue;
+            }
+            tr->sym_id[tr->nsyms] = id;
+            tr->sym_value[tr->nsyms++] = in[i]->shape[d];
+        }
+    for (int i = 0; i < nin; i++) {
         int v = kn__map_get(tr, in[i]);
         if (v < 0) {  /* the same tensor twice is one input value */
             v = kn__new_value(tr, V_INPUT, i, NULL, in[i]);
@@ -338,6 +384,14 @@ kn_trace *kn__record_body(kn_fn *f, kn_tensor *const *in, kn_tensor **res, int *
             }
         }
     }
+}
+
+kn_trace *kn__record_body(kn_fn *f, kn_tensor *const *in, kn_tensor **res, int *outs) {
+    kn_trace *tr = calloc(1, sizeof *tr);
+    if (!tr) return kn__error("kn_function %s: out of memory", f->name);
+    tr->stamp = atomic_fetch_add(&next_stamp, 1);
+    tr->name = f->name;
+    kn__trace_inputs(tr, in, f->nin);
     uint32_t saved_stamp = kn__trace_stamp;
     kn__trace = tr;
     kn__trace_stamp = tr->stamp;
@@ -369,8 +423,10 @@ kn_trace *kn__record_body(kn_fn *f, kn_tensor *const *in, kn_tensor **res, int *
 }
 
 /* Runs the body once, recording. Outputs are the eager results. */
+static int static_cache = -1;
+
 static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uint8_t *sig, size_t siglen,
-                      const char *why) {
+                      size_t symlen, bool force_exact, const char *why) {
     char reason[256];
     if (why) snprintf(reason, sizeof reason, "%s", why);
     else retrace_reason(f, in, reason, sizeof reason);
@@ -406,6 +462,13 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
     }
     memcpy(pl.sig, sig, siglen);
     pl.siglen = siglen;
+    bool exact = tr->exact || force_exact || kn__env(&static_cache, "KN_STATIC_SHAPES", NULL);
+    pl.symlen = exact ? siglen : symlen;
+    if (exact && log_recompiles())
+        fprintf(stderr, "kn_function %s: trace #%lld serves its exact shapes only (%s)\n", f->name,
+                (long long)f->stats.traces,
+                force_exact ? "symbolic sizes failed for these shapes"
+                : tr->exact ? "the body read sizes with kn_shape, kn_numel or kn_strides" : "KN_STATIC_SHAPES");
     memcpy(pl.outs, outs, (size_t)f->nout * sizeof *outs);
     f->plans[f->nplans++] = pl;
     f->stats.nodes = tr->nnodes;
@@ -431,11 +494,13 @@ int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out) {
         return 0;
     }
     uint8_t sig[1 + 64 * (3 + KN_MAX_DIMS * 8)];
-    size_t siglen = signature(in, f->nin, sig);
+    size_t symlen, siglen = signature(in, f->nin, sig, &symlen);
     pthread_mutex_lock(&f->lock);
     const plan *hit = NULL;
     for (int i = f->nplans - 1; i >= 0 && !hit; i--)
-        if (f->plans[i].siglen == siglen && !memcmp(f->plans[i].sig, sig, siglen)) hit = &f->plans[i];
+        if (f->plans[i].siglen >= symlen && !memcmp(f->plans[i].sig, sig, f->plans[i].symlen) &&
+            (f->plans[i].symlen < f->plans[i].siglen || f->plans[i].siglen == siglen) && ties_hold(&f->plans[i], in))
+            hit = &f->plans[i];
     f->history[f->hpos] = !hit;
     f->hpos = (f->hpos + 1) % 10;
     /* A capture only the plan still holds was dropped by its owner (a
@@ -459,8 +524,13 @@ int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out) {
         f->stats.hits++;
         rc = shadow_env() ? kn__shadow_call(f, hit, in, out)
                           : kn__run_plan(f->name, hit, f->nout, in, out, &f->stats.peak_bytes, NULL);
+        if (rc == KN__REPLAY_RESHAPE) {  /* symbolic sizes failed before any side effect */
+            kn_clear_error();
+            rc = trace_call(f, in, out, sig, siglen, symlen, true,
+                            "a symbolic plan did not fit these sizes");
+        }
     } else {
-        rc = trace_call(f, in, out, sig, siglen, why[0] ? why : NULL);
+        rc = trace_call(f, in, out, sig, siglen, symlen, false, why[0] ? why : NULL);
         int recent = 0;
         for (int i = 0; i < 10; i++) recent += f->history[i];
         if (recent >= 5 && !f->warned) {

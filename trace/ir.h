@@ -13,8 +13,18 @@ typedef struct {
     kn_tensor *t;       /* V_CAPTURE: the tensor; V_CONST: a snapshot; V_GRAD: the leaf (owned) */
     kn_dtype dtype;
     int ndim;
-    int64_t shape[KN_MAX_DIMS];
+    int64_t shape[KN_MAX_DIMS];  /* at trace time */
+    int16_t sym[KN_MAX_DIMS];    /* per dim: symbol (input * KN_MAX_DIMS + dim) or -1 */
 } tvalue;
+
+/* Sizes are symbolic: a dim of a node value that equals a non-1 input dim
+ * is that input dim at every call, and every replayed node's shape is
+ * checked against that reading. Input dims of one size are tied: one
+ * symbol, and the plan serves a call only if they are still equal. A trace
+ * is exact (its plan serves only the shapes it saw) when user code read
+ * sizes (kn_shape, kn_numel, kn_strides) while tracing: it may have baked
+ * them into values, which no shape check would reveal. */
+#define KN_MAX_SYMS (64 * KN_MAX_DIMS)
 
 typedef enum { N_OP, N_WRITE, N_SET_GRAD, N_ZERO_GRAD, N_COND } nkind;
 struct plan;
@@ -41,6 +51,12 @@ typedef struct kn_trace {
     kn_tensor **mkey;   /* open-addressing map: tensor -> value id */
     int *mval, mcap, mcount;
     bool stateful;      /* wrote into a tensor created while tracing */
+    bool exact;         /* see KN_MAX_SYMS */
+    int nsyms;
+    int16_t sym_id[KN_MAX_SYMS];     /* the symbols, in order */
+    int64_t sym_value[KN_MAX_SYMS];  /* their sizes at trace time */
+    int nties;                       /* input dims of equal size (a batch shared by x and y): */
+    int16_t tie[KN_MAX_SYMS][2];     /* the plan applies only while each pair stays equal */
     bool has_backward;  /* set gradients: replay without building autograd graphs */
     bool oom;
     kn_tensor **vt;           /* while recording: the tensor of each node value (held) */
@@ -57,6 +73,7 @@ typedef struct plan {
     int *last_use;      /* per value: index of the last node reading it */
     int *captures;      /* value ids of the captures the plan reads */
     int ncaptures;
+    size_t symlen;      /* signature bytes to compare; less than siglen unless exact */
 } plan;
 
 struct kn_fn {
@@ -83,6 +100,11 @@ int kn__shadow_call(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **
 bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout);
 /* Runs one recorded op on actual tensors. */
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);
+/* kn__run_plan's result when a value's shape broke the symbolic sizes
+ * before any side effect ran: the caller retraces for exact shapes. */
+#define KN__REPLAY_RESHAPE (-2)
+/* Registers the inputs of a trace and their sizes as symbols. */
+void kn__trace_inputs(kn_trace *tr, kn_tensor *const *in, int nin);
 /* Runs a plan: the reference executor. name is for errors. */
 int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out,
                  int64_t *peak_bytes, kn_tensor **all);

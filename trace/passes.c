@@ -21,7 +21,7 @@ static bool same_shape(const tvalue *a, const tvalue *b) {
 static bool const_all(const kn_trace *tr, int id, double v) {
     if (id < 0 || tr->vals[id].kind != V_CONST) return false;
     const kn_tensor *t = tr->vals[id].t;
-    int64_t n = kn_numel(t);
+    int64_t n = kn__tnumel(t);
     size_t sz = kn_dtype_size(t->dtype);
     for (int64_t i = 0; i < n; i++)
         if (kn__load((const char *)t->storage->data + (size_t)i * sz, t->dtype) != v) return false;

@@ -40,6 +40,7 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
     case KN_OP_logsumexp: return kn_logsumexp(a[0], dims, nd, keep);
     case KN_OP_argmax: return kn_argmax(a[0], nd ? dims[0] : 0, keep);
     case KN_OP_argmin: return kn_argmin(a[0], nd ? dims[0] : 0, keep);
+    case KN_OP_count: return kn__count(a[0], p->i[0]);
     case KN_OP_rand: return kn_rand(outv->shape, outv->ndim, outv->dtype);
     case KN_OP_randn: return kn_randn(outv->shape, outv->ndim, outv->dtype);
     case KN_OP_reshape: return kn_reshape(a[0], outv->shape, outv->ndim);
@@ -76,11 +77,20 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
     }
 }
 
-static int64_t bytes_of(const kn_tensor *t) { return t ? kn_numel(t) * (int64_t)kn_dtype_size(t->dtype) : 0; }
+static int64_t bytes_of(const kn_tensor *t) { return t ? kn__tnumel(t) * (int64_t)kn_dtype_size(t->dtype) : 0; }
+
+/* tv's shape at this call: its symbolic dims take the inputs' sizes. */
+static void shape_now(const tvalue *tv, kn_tensor *const *in, int64_t *shape) {
+    for (int d = 0; d < tv->ndim; d++) {
+        int s = tv->sym[d];
+        shape[d] = s >= 0 ? in[s / KN_MAX_DIMS]->shape[s % KN_MAX_DIMS] : tv->shape[d];
+    }
+}
 
 int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *in, kn_tensor **out,
                  int64_t *peak_bytes, kn_tensor **all) {
     int64_t live = 0, peak = 0;
+    bool effects = false, symbolic = pl->symlen < pl->siglen || !pl->sig;
     const kn_trace *tr = pl->tr;
     kn_tensor **v = calloc((size_t)tr->nvals + 1, sizeof *v);
     if (!v) return kn__error("kn_call %s: out of memory", name), -1;
@@ -100,13 +110,26 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
         kn_tensor *args[64];
         for (int j = 0; j < n->nin; j++) args[j] = n->in[j] >= 0 ? v[n->in[j]] : NULL;
         switch (n->kind) {
-        case N_OP:
-            if (!(v[n->out] = kn__op_call(n, &tr->vals[n->out], args))) rc = -1;
+        case N_OP: {
+            tvalue now = tr->vals[n->out];
+            shape_now(&now, in, now.shape);
+            kn_tensor *r = v[n->out] = kn__op_call(n, &now, args);
+            if (r && (r->ndim != now.ndim || memcmp(r->shape, now.shape, (size_t)now.ndim * sizeof(int64_t)))) {
+                char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
+                kn__error("kn_call %s: node %%%d = %s gave %s where the plan expected %s%s", name, n->out,
+                          kn_op_table[n->op].name, kn__shape_str(r->shape, r->ndim, b0),
+                          kn__shape_str(now.shape, now.ndim, b1),
+                          effects ? ", after in-place writes had run (KN_STATIC_SHAPES=1 avoids this)" : "");
+                r = NULL;
+            }
+            if (!r) rc = symbolic && !effects ? KN__REPLAY_RESHAPE : -1;
             if (all && v[n->out]) all[n->out] = kn_retain(v[n->out]);  /* shadow mode keeps every value */
             live += bytes_of(v[n->out]);
             peak = live > peak ? live : peak;
             break;
+        }
         case N_WRITE: {
+            effects = true;
             int64_t shape[KN_MAX_DIMS];
             int nd;
             if (!kn__broadcast_shape(args[0]->shape, args[0]->ndim, args[1]->shape, args[1]->ndim, shape, &nd) ||
@@ -120,10 +143,12 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
             break;
         }
         case N_SET_GRAD:
+            effects = true;
             kn_release(args[0]->grad);
             args[0]->grad = kn_retain(args[1]);
             break;
         case N_ZERO_GRAD:
+            effects = true;
             kn_zero_grad(args[0]);
             break;
         case N_COND: {
@@ -132,6 +157,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
             bool taken = kn__load(kn__ptr(p), p->dtype) != 0;
             int64_t inner = 0;
             rc = kn__run_plan(name, n->branch[taken ? 0 : 1], n->nout, args + 1, v + n->out, &inner, NULL);
+            if (rc == KN__REPLAY_RESHAPE && (effects || !symbolic)) rc = -1;
             peak = live + inner > peak ? live + inner : peak;
             for (int k = 0; rc == 0 && k < n->nout; k++) live += bytes_of(v[n->out + k]);
             break;

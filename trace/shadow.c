@@ -13,7 +13,7 @@ static int64_t first_difference(const kn_tensor *a, const kn_tensor *b, double *
     if (a->dtype != b->dtype || a->ndim != b->ndim || memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof(int64_t)))
         return *va = *vb = NAN, 0;
     kn_tensor *ca = kn_contiguous((kn_tensor *)a), *cb = kn_contiguous((kn_tensor *)b);
-    int64_t n = kn_numel(a), bad = -1;
+    int64_t n = kn__tnumel(a), bad = -1;
     size_t sz = kn_dtype_size(a->dtype);
     for (int64_t i = 0; i < n && bad < 0; i++) {
         double x = kn__load(kn__ptr(ca) + (size_t)i * sz, a->dtype), y = kn__load(kn__ptr(cb) + (size_t)i * sz, a->dtype);

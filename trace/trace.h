@@ -22,5 +22,7 @@ void kn__trace_grad_read(kn_tensor *leaf, kn_tensor *g);
 /* For reads of values (kn_item, kn_copy_out, kn_data): true, with an error
  * naming the function and op, when t is a value of the trace. */
 bool kn__trace_read_error(const char *op, const kn_tensor *t);
+/* User code read sizes (kn_shape, kn_numel, kn_strides): pins the trace to exact shapes. */
+void kn__trace_sizes_read(void);
 
 #endif
