@@ -10,6 +10,11 @@
  * inside the body are replayed too, so a whole training step can be one
  * kn_fn. Reading a value (kn_item, kn_copy_out, kn_data) while tracing is an
  * error: it would bake one call's data into every later call.
+ *
+ * The signature is grad mode plus, per input, dtype, rank, requires-grad and
+ * which dims are 1: other sizes are symbolic, so one plan serves every batch
+ * size. A body that reads sizes (kn_shape, kn_numel, kn_strides) gets a plan
+ * for its exact shapes, since it may have computed values from them.
  */
 #ifndef KILN_FUNCTION_H
 #define KILN_FUNCTION_H
