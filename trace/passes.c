@@ -61,9 +61,13 @@ static void skip_reshape_chain(kn_trace *tr, tnode *n) {
     if (m->kind == N_OP && m->op == KN_OP_reshape) n->in[0] = m->in[0];
 }
 
-static bool same_node(const tnode *a, const tnode *b) {
+/* Same op on the same values with the same params and result type: some ops
+ * (reshape, expand, cast) take their target from the result, not params. */
+static bool same_node(const kn_trace *tr, const tnode *a, const tnode *b) {
+    const tvalue *va = &tr->vals[a->out], *vb = &tr->vals[b->out];
     return a->op == b->op && a->nin == b->nin && !memcmp(a->in, b->in, (size_t)a->nin * sizeof(int)) &&
-           !memcmp(&a->p, &b->p, sizeof a->p);
+           !memcmp(&a->p, &b->p, sizeof a->p) && same_shape(va, vb) &&
+           !memcmp(va->sym, vb->sym, sizeof va->sym);
 }
 
 /* Evaluates a node whose inputs are all constants; the new constant's id, or -1. */
@@ -126,7 +130,7 @@ static void optimize(kn_trace *tr, int *outs, int nout, bool *dead) {
         if (is_random(n->op)) continue;
         int hit = -1;
         for (int s = 0; s < nseen && hit < 0; s++)
-            if (same_node(&tr->nodes[seen[s]], n)) hit = seen[s];
+            if (same_node(tr, &tr->nodes[seen[s]], n)) hit = seen[s];
         if (hit >= 0 && !is_output) {
             rep[n->out] = tr->nodes[hit].out;
             dead[i] = true;
