@@ -1,0 +1,30 @@
+/* jit/llvm.h - Kiln's process-wide LLVM ORC JIT (internal).
+ *
+ * A code generator asks for a unit (its own LLVM context and a module that
+ * already holds the scalar formulas of core/scalar.h as internal,
+ * always-inline functions kn_jit_<op>_<f32|f64>), builds one function into
+ * it with the LLVM-C builder, and hands the unit to kn__jit_compile, which
+ * optimizes it for the host CPU (O3, loop and SLP vectorizers, no FP
+ * contraction) and returns native code. Errors are Kiln errors. */
+#ifndef KN_JIT_LLVM_H
+#define KN_JIT_LLVM_H
+
+#include "jit.h"
+#include "llvm_compat.h"
+
+typedef struct {
+    LLVMOrcThreadSafeContextRef tsc;
+    LLVMContextRef ctx; /* owned by tsc */
+    LLVMModuleRef mod;
+} kn_jit_unit;
+
+/* Starts a unit. Returns false with a Kiln error. Thread-safe. */
+bool kn__jit_unit_new(kn_jit_unit *u);
+/* Frees a unit that will not be compiled (a generator gave up). */
+void kn__jit_unit_dispose(kn_jit_unit *u);
+/* Optimizes u, compiles it and returns the address of fn (a definition in
+ * u->mod, renamed to a unique symbol). Always consumes u. The code lives
+ * until the process exits. NULL with a Kiln error. Thread-safe. */
+void *kn__jit_compile(kn_jit_unit *u, LLVMValueRef fn);
+
+#endif
