@@ -374,6 +374,7 @@ char *dump_of(kn_fn *f, void (*dump)(const kn_fn *, FILE *)) {
 }
 
 Test(function, passes_fold_cse_simplify_and_eliminate) {
+    setenv("KN_JIT", "0", 1);  /* the passes alone, without fusion */
     kn_tensor *w = kn_ones(KN_SHAPE(3), KN_F32), *x = kn_randn(KN_SHAPE(2, 3), KN_F32), *got;
     kn_tensor *want;
     passes_body(w, &x, &want);
@@ -666,4 +667,33 @@ Test(function, baked_sizes_pin_plans_to_exact_shapes) {
     cr_assert_eq(kn_call(g, (kn_tensor *[]){kn_ones(KN_SHAPE(8, 3), KN_F32)}, &out), -1);
     cr_assert(strstr(kn_last_error(), "kn_reshape"), "%s", kn_last_error());
     kn_fn_free(g);
+}
+
+/* Fusion: a chain of elementwise ops becomes one JIT'd kernel, with results
+ * bitwise equal to eager. */
+static int chain_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    (void)ctx;
+    kn_tensor *t = kn_tanh(kn_add_scalar(kn_mul_scalar(in[0], 0.5), 1));
+    out[0] = kn_exp(kn_mul_scalar(kn_relu(kn_sub_scalar(kn_mul(t, t), 0.25)), 3));
+    out[1] = kn_sum(kn_mul(out[0], in[1]), KN_DIMS(1), false);  /* out[0] escapes: the chain ends there */
+    return 0;
+}
+
+Test(function, elementwise_chains_fuse_into_jit_kernels) {
+    kn_fn *f = kn_function("chain", chain_body, NULL, 2, 2, NULL);
+    for (int64_t n = 1000; n <= 3000; n += 2000) {  /* a second size reuses the plan */
+        kn_tensor *in[2] = {kn_randn(KN_SHAPE(4, n), KN_F32), kn_randn(KN_SHAPE(4, n), KN_F32)};
+        kn_tensor *want[2], *got[2];
+        chain_body(NULL, in, want);
+        for (int call = 0; call < 2; call++) {
+            cr_assert_eq(kn_call(f, in, got), 0, "%s", kn_last_error());
+            assert_equal(got[0], want[0]);
+            assert_equal(got[1], want[1]);
+        }
+    }
+    cr_assert_eq(kn_fn_stats(f).traces, 1);
+    char *text = dump_of(f, kn_fn_dump);
+    cr_assert(strstr(text, "= fused<8 ops, last exp>(%0) f32[4,1000]"), "%s", text);
+    free(text);
+    kn_fn_free(f);
 }

@@ -3,7 +3,7 @@
 #include "ir.h"
 
 static const char *kind_name[] = {"input", "capture", "const", "node", "grad of"};
-static const char *effect_name[] = {"", "write", "set_grad", "zero_grad", "cond"};
+static const char *effect_name[] = {"", "write", "set_grad", "zero_grad", "cond", "fused"};
 
 static void put_type(FILE *o, const tvalue *v) {
     char b[KN_SHAPE_BUF];
@@ -31,13 +31,15 @@ static void dump_at(FILE *o, const kn_trace *tr, const int *outs, int nout, cons
         fprintf(o, "%*s", indent, "");
         for (int k = 0; n->kind == N_COND && k < n->nout; k++) fprintf(o, "%s%%%d", k ? ", " : "", n->out + k);
         if (n->kind == N_OP) fprintf(o, "%%%d = %s(", n->out, kn_op_table[n->op].name);
+        else if (n->kind == N_FUSED)
+            fprintf(o, "%%%d = fused<%d ops, last %s>(", n->out, n->nfused, kn_op_table[n->op].name);
         else fprintf(o, "%s%s(", n->kind == N_COND ? " = " : "", effect_name[n->kind]);
         for (int j = 0; j < n->nin; j++) {
             if (n->in[j] >= 0) fprintf(o, "%s%%%d", j ? ", " : "", n->in[j]);
             else fprintf(o, "%snull", j ? ", " : "");
         }
         fputc(')', o);
-        if (n->kind == N_OP) {
+        if (n->kind == N_OP || n->kind == N_FUSED) {
             fputc(' ', o);
             put_type(o, &tr->vals[n->out]);
         }

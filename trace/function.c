@@ -160,6 +160,8 @@ void kn__trace_op(kn_op op, kn_tensor *out, kn_tensor *const *in, int nin, const
     if (p) n->p = *p;
     int v = kn__new_value(tr, V_NODE, tr->nnodes - 1, NULL, out);
     n->out = v;
+    if (v >= 0)
+        tr->vals[v].requires_grad = kn__needs_grad(in, nin) && kn__is_float(out->dtype) && kn_derivatives[op].rule;
     if (v >= 0 && grow((void **)&tr->vt, &tr->capvt, v + 1, sizeof *tr->vt)) {
         tr->vt[v] = out;
         kn__map_put(tr, out, v);
@@ -470,6 +472,7 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
                 force_exact ? "symbolic sizes failed for these shapes"
                 : tr->exact ? "the body read sizes with kn_shape, kn_numel or kn_strides" : "KN_STATIC_SHAPES");
     memcpy(pl.outs, outs, (size_t)f->nout * sizeof *outs);
+    kn__plan_fuse(&pl, outs, f->nout);
     f->plans[f->nplans++] = pl;
     f->stats.nodes = tr->nnodes;
     return 0;

@@ -15,6 +15,7 @@ typedef struct {
     int ndim;
     int64_t shape[KN_MAX_DIMS];  /* at trace time */
     int16_t sym[KN_MAX_DIMS];    /* per dim: symbol (input * KN_MAX_DIMS + dim) or -1 */
+    bool requires_grad;          /* V_NODE: the op recorded an autograd node when traced */
 } tvalue;
 
 /* Sizes are symbolic: a dim of a node value that equals a non-1 input dim
@@ -26,7 +27,7 @@ typedef struct {
  * them into values, which no shape check would reveal. */
 #define KN_MAX_SYMS (64 * KN_MAX_DIMS)
 
-typedef enum { N_OP, N_WRITE, N_SET_GRAD, N_ZERO_GRAD, N_COND } nkind;
+typedef enum { N_OP, N_WRITE, N_SET_GRAD, N_ZERO_GRAD, N_COND, N_FUSED } nkind;
 struct plan;
 typedef struct {
     nkind kind;
@@ -37,6 +38,8 @@ typedef struct {
     int out;            /* N_OP, N_COND: value id of the (first) result */
     int nout;           /* N_COND: results, at value ids out .. out + nout - 1 */
     struct plan *branch[2]; /* N_COND: then, else; inputs are in[1..] */
+    void (*kernel)(void **, int64_t, int64_t); /* N_FUSED: a JIT'd elementwise chain over in[] */
+    int nfused;         /* N_FUSED: ops it replaced (op is the last) */
 } tnode;
 
 typedef struct kn_trace {
@@ -98,6 +101,9 @@ int kn__shadow_call(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **
 /* Optimizes a recorded trace in place (folding, CSE, simplification, dead
  * code) and numbers the last use of each value. false on allocation failure. */
 bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout);
+/* Fuses chains of f32 elementwise nodes of a built plan into JIT kernels
+ * (trace/fuse.c) and renumbers last uses. */
+void kn__plan_fuse(plan *pl, const int *outs, int nout);
 /* Runs one recorded op on actual tensors. */
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);
 /* kn__run_plan's result when a value's shape broke the symbolic sizes

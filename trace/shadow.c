@@ -73,7 +73,7 @@ int kn__shadow_call(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **
     if (!(et = kn__record_body(f, in, res, outs))) goto done;
     for (int k = 0; k < tr->nnodes; k++) {
         const tnode *n = &tr->nodes[k];
-        if (n->kind != N_OP || !all[n->out]) continue;
+        if ((n->kind != N_OP && n->kind != N_FUSED) || !all[n->out]) continue;
         int id = n->out;
         bool aligned = id < et->nvals && et->vals[id].kind == V_NODE && et->vt && et->vt[id] &&
                        et->nodes[et->vals[id].index].op == n->op;
