@@ -3,6 +3,7 @@
  * body, random streams, the data-read error) hold. */
 #include "helpers.h"
 #include <stdlib.h>
+#include <unistd.h>
 
 KN_SUITE(function, 7);
 
@@ -695,5 +696,27 @@ Test(function, elementwise_chains_fuse_into_jit_kernels) {
     char *text = dump_of(f, kn_fn_dump);
     cr_assert(strstr(text, "= fused<8 ops, last exp>(%0) f32[4,1000]"), "%s", text);
     free(text);
+    kn_fn_free(f);
+}
+
+Test(function, dump_kernels_prints_the_fused_loop_as_c) {
+    setenv("KN_DUMP", "kernels", 1);
+    FILE *m = tmpfile();
+    int saved = dup(2);
+    fflush(stderr);
+    dup2(fileno(m), 2);  /* the dump goes to stderr */
+    kn_fn *f = kn_function("chain", chain_body, NULL, 2, 2, NULL);
+    kn_tensor *in[2] = {kn_randn(KN_SHAPE(2, 8), KN_F32), kn_randn(KN_SHAPE(2, 8), KN_F32)}, *out[2];
+    int rc = kn_call(f, in, out);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    char buf[8192] = {0};
+    rewind(m);
+    size_t got = fread(buf, 1, sizeof buf - 1, m);
+    fclose(m);
+    cr_assert_eq(rc, 0);
+    cr_assert(got > 0 && strstr(buf, "void kernel(void **args, int64_t begin, int64_t end)") &&
+              strstr(buf, "kn_s_tanh_f32(") && strstr(buf, "0.500000000f"), "%s", buf);
     kn_fn_free(f);
 }

@@ -48,6 +48,25 @@ static bool candidate(const kn_trace *tr, const tnode *n) {
     return true;
 }
 
+/* KN_DUMP=kernels: the chain as the C it computes, with the formulas of
+ * core/scalar.h (the kernel is the same loop in LLVM IR). */
+static void print_kernel(FILE *o, const char *name, const kn_jit_step *s, int nsteps, int ninputs) {
+    fprintf(o, "/* %s: fused kernel, %d steps */\nvoid kernel(void **args, int64_t begin, int64_t end) {\n", name,
+            nsteps);
+    for (int k = 0; k < ninputs; k++) fprintf(o, "    const float *restrict in%d = args[%d];\n", k, k);
+    fprintf(o, "    float *restrict out = args[%d];\n    for (int64_t i = begin; i < end; i++) {\n", ninputs);
+    for (int k = 0; k < nsteps; k++) {
+        fprintf(o, "        float v%d = ", k);
+        if (s[k].kind == KN_JIT_INPUT) fprintf(o, "in%d[i];\n", s[k].input);
+        else if (s[k].kind == KN_JIT_CONST) fprintf(o, "%#.9gf;\n", (double)s[k].value);
+        else if (kn_op_table[s[k].op].arity == 2)
+            fprintf(o, "kn_s_%s_f32(v%d, v%d);\n", kn_op_table[s[k].op].name, s[k].a, s[k].b);
+        else
+            fprintf(o, "kn_s_%s_f32(v%d);\n", kn_op_table[s[k].op].name, s[k].a);
+    }
+    fprintf(o, "        out[i] = v%d;\n    }\n}\n", nsteps - 1);
+}
+
 static int find(int *parent, int i) {
     while (parent[i] != i) i = parent[i] = parent[parent[i]];
     return i;
@@ -128,6 +147,8 @@ void kn__plan_fuse(plan *pl, const int *outs, int nout) {
         for (int v = 0; v < tr->nvals; v++) memo[v] = -1;
         tnode *root = &tr->nodes[i];
         if (emit(tr, root->out, group, i, steps, &nsteps, inputs, &ninputs, memo) < 0) continue;
+        const char *dump = getenv("KN_DUMP");
+        if (dump && strstr(dump, "kernels")) print_kernel(stderr, tr->name, steps, nsteps, ninputs);
         kn_jit_kernel k = kn__jit_elementwise(steps, nsteps, ninputs);
         if (!k) {  /* no JIT for this chain: the nodes run one by one */
             kn_clear_error();
