@@ -166,25 +166,7 @@ void kn__plan_fuse(plan *pl, const int *outs, int nout) {
         root->kernel = k;
         root->nfused = members;
     }
-    /* Drop the fused members and renumber last uses. */
-    int m = 0;
-    for (int i = 0; i < n; i++) {
-        if (dead[i]) {
-            free(tr->nodes[i].in);
-            continue;
-        }
-        tr->nodes[m] = tr->nodes[i];
-        if (tr->nodes[m].out >= 0 && tr->nodes[m].kind != N_COND) tr->vals[tr->nodes[m].out].index = m;
-        for (int k = 0; tr->nodes[m].kind == N_COND && k < tr->nodes[m].nout; k++)
-            tr->vals[tr->nodes[m].out + k].index = m;
-        m++;
-    }
-    tr->nnodes = m;
-    for (int v = 0; v < tr->nvals; v++) pl->last_use[v] = -1;
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < tr->nodes[i].nin; j++)
-            if (tr->nodes[i].in[j] >= 0) pl->last_use[tr->nodes[i].in[j]] = i;
-    for (int k = 0; k < nout; k++) pl->last_use[outs[k]] = INT32_MAX;
+    kn__plan_compact(pl, dead, outs, nout);  /* drops the fused members */
 done:
     free(uses);
     free(parent);

@@ -101,6 +101,8 @@ int kn__shadow_call(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **
 /* Optimizes a recorded trace in place (folding, CSE, simplification, dead
  * code) and numbers the last use of each value. false on allocation failure. */
 bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout);
+/* Removes the dead nodes of a plan and renumbers values and last uses. */
+void kn__plan_compact(plan *pl, const bool *dead, const int *outs, int nout);
 /* Fuses chains of f32 elementwise nodes of a built plan into JIT kernels
  * (trace/fuse.c) and renumbers last uses. */
 void kn__plan_fuse(plan *pl, const int *outs, int nout);

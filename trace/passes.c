@@ -142,6 +142,28 @@ static void optimize(kn_trace *tr, int *outs, int nout, bool *dead) {
     free(seen);
 }
 
+void kn__plan_compact(plan *pl, const bool *dead, const int *outs, int nout) {
+    kn_trace *tr = pl->tr;
+    int m = 0;
+    for (int i = 0; i < tr->nnodes; i++) {
+        if (dead[i]) {
+            free(tr->nodes[i].in);
+            continue;
+        }
+        tr->nodes[m] = tr->nodes[i];
+        for (int k = 0; tr->nodes[m].out >= 0 && k < (tr->nodes[m].kind == N_COND ? tr->nodes[m].nout : 1); k++)
+            tr->vals[tr->nodes[m].out + k].index = m;
+        m++;
+    }
+    tr->nnodes = m;
+    for (int v = 0; v < tr->nvals; v++) pl->last_use[v] = -1;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < tr->nodes[i].nin; j++)
+            if (tr->nodes[i].in[j] >= 0) pl->last_use[tr->nodes[i].in[j]] = i;
+    for (int k = 0; k < nout; k++)
+        if (outs[k] >= 0) pl->last_use[outs[k]] = INT32_MAX;
+}
+
 bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
     if (dump_ir()) {
         fprintf(stderr, "KN_DUMP=ir: %s as recorded\n", tr->name);
@@ -166,24 +188,7 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
         for (int j = 0; keep && j < n->nin; j++)
             if (n->in[j] >= 0) live[n->in[j]] = true;
     }
-    int m = 0;
-    for (int i = 0; i < tr->nnodes; i++) {
-        if (dead[i]) {
-            free(tr->nodes[i].in);
-            continue;
-        }
-        tr->nodes[m] = tr->nodes[i];
-        for (int k = 0; tr->nodes[m].out >= 0 && k < (tr->nodes[m].kind == N_COND ? tr->nodes[m].nout : 1); k++)
-            tr->vals[tr->nodes[m].out + k].index = m;
-        m++;
-    }
-    tr->nnodes = m;
-    for (int v = 0; v < tr->nvals; v++) pl->last_use[v] = -1;
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < tr->nodes[i].nin; j++)
-            if (tr->nodes[i].in[j] >= 0) pl->last_use[tr->nodes[i].in[j]] = i;
-    for (int k = 0; k < nout; k++)
-        if (outs[k] >= 0) pl->last_use[outs[k]] = INT32_MAX;
+    kn__plan_compact(pl, dead, outs, nout);
     pl->captures = malloc(((size_t)tr->nvals + 1) * sizeof *pl->captures);
     for (int v = 0; pl->captures && v < tr->nvals; v++)
         if (tr->vals[v].kind == V_CAPTURE && pl->last_use[v] >= 0) pl->captures[pl->ncaptures++] = v;
