@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- the cache: chain (normalized to words) -> kernel ---- */
+/* ---- the memory cache: chain (normalized to words) -> kernel; the same
+ * words key the disk cache (jit/llvm.c) ---- */
 typedef struct entry {
     struct entry *next;
     uint64_t hash;
@@ -172,15 +173,20 @@ out:
     return fn;
 }
 
-static kn_jit_kernel compile(const kn_jit_step *s, int nsteps, int ninputs) {
-    kn_jit_unit u;
-    if (!kn__jit_unit_new(&u)) return NULL;
-    LLVMValueRef fn = build(&u, s, nsteps, ninputs);
-    if (!fn) {
-        kn__jit_unit_dispose(&u);
-        return NULL;
+/* From the disk cache if there, else built and compiled (and stored). */
+static kn_jit_kernel compile(const kn_jit_step *s, int nsteps, int ninputs, const uint32_t *w,
+                             size_t nw) {
+    void *code = kn__jit_load(w, nw);
+    if (!code) {
+        kn_jit_unit u;
+        if (!kn__jit_unit_new(&u)) return NULL;
+        LLVMValueRef fn = build(&u, s, nsteps, ninputs);
+        if (!fn) {
+            kn__jit_unit_dispose(&u);
+            return NULL;
+        }
+        code = kn__jit_compile(&u, fn, w, nw);
     }
-    void *code = kn__jit_compile(&u, fn);
     kn_jit_kernel k;
     memcpy(&k, &code, sizeof k); /* object pointer to function pointer */
     return k;
@@ -197,7 +203,7 @@ kn_jit_kernel kn__jit_elementwise(const kn_jit_step *steps, int nsteps, int ninp
     entry **bucket = &buckets[h % NBUCKETS];
     for (entry *e = *bucket; e && !fn; e = e->next)
         if (e->hash == h && e->nwords == nw && !memcmp(e->words, w, nw * sizeof *w)) fn = e->fn;
-    if (!fn && (fn = compile(steps, nsteps, ninputs))) {
+    if (!fn && (fn = compile(steps, nsteps, ninputs, w, nw))) {
         entry *e = malloc(sizeof *e);
         if (e) {
             *e = (entry){*bucket, h, nw, w, fn};

@@ -42,10 +42,18 @@ static inline void kn__jit_run(kn_jit_kernel k, void **args, int64_t begin, int6
     k(args, begin, end);
 }
 
-/* Debug hooks (jit/llvm.c). The optimized IR of the latest successful
- * compile as text (caller frees with free(); NULL if none), and how many
- * compiles have succeeded. */
+/* The kernel cache on disk: object code under $KN_CACHE_DIR, else
+ * $XDG_CACHE_HOME/kiln, else ~/.cache/kiln (made with mode 0700; refused
+ * with a warning if another user owns it or group or others may write it).
+ * KN_CACHE=0 turns it off; kernels are still cached in memory. */
+
+/* Debug hooks (jit/llvm.c). The optimized IR of the latest LLVM compile as
+ * text (caller frees with free(); NULL if none; kernels loaded from disk
+ * have none), how many LLVM compiles have succeeded, how many kernels were
+ * loaded from the disk cache, and how many entries this process wrote. */
 char *kn__jit_last_ir(void);
 uint64_t kn__jit_compile_count(void);
+uint64_t kn__jit_disk_hits(void);
+uint64_t kn__jit_disk_writes(void);
 
 #endif

@@ -1,14 +1,23 @@
 /* The process-wide LLJIT: one instance, made on first use, for the host CPU
  * with all its features. Each compile gets a fresh context and module with
  * the scalar bitcode linked in, runs O3 (the formulas inline and the loops
- * vectorize), and adds the module to the JIT. No fast-math flags are ever
+ * vectorize), emits an object file, stores it in the disk cache and adds it
+ * to the JIT; a later process loads that object instead of compiling. No fast-math flags are ever
  * set and the bitcode was built with -ffp-contract=off, so LLVM neither
  * contracts nor reassociates: results are bitwise those of the eager loops. */
 #include "llvm.h"
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 /* The bitcode of jit/scalar_bitcode.c, generated at build time by jit/embed.c. */
 extern const unsigned char kn__scalar_bc[];
@@ -18,11 +27,14 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* compiles, stats */
 static LLVMOrcLLJITRef jit;
 static LLVMTargetMachineRef pass_tm; /* the cost models of the pass pipeline */
+static LLVMTargetMachineRef emit_tm; /* code generation, configured like the JIT's */
 static char *host_triple, *host_cpu, *host_features;
 static const char *host_layout;       /* owned by jit */
 static char init_error[512];
 static char *last_ir;
-static uint64_t compiles, serial; /* serial: symbol names, failures included */
+static uint64_t compiles, serial; /* serial: fallback symbol names */
+static uint64_t disk_hits, disk_writes;
+static void disk_init(void);
 
 /* LLVM reports some errors (bitcode, linking) through the context's
  * diagnostic handler, whose default exits the process on an error. */
@@ -57,12 +69,15 @@ static void init(void) {
         LLVMDisposeMessage(msg);
         return;
     }
-    LLVMTargetMachineRef tm[2];
-    for (int i = 0; i < 2; i++)
+    /* PIC and the small code model are what LLJIT's object linker expects of
+     * the objects we emit ourselves (and reload from disk). */
+    LLVMTargetMachineRef tm[3];
+    for (int i = 0; i < 3; i++)
         tm[i] = LLVMCreateTargetMachine(target, host_triple, host_cpu, host_features,
-                                        LLVMCodeGenLevelAggressive, LLVMRelocDefault,
-                                        LLVMCodeModelJITDefault);
+                                        LLVMCodeGenLevelAggressive, LLVMRelocPIC,
+                                        LLVMCodeModelSmall);
     pass_tm = tm[0];
+    emit_tm = tm[2];
     LLVMOrcLLJITBuilderRef b = LLVMOrcCreateLLJITBuilder();
     LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(
         b, LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(tm[1]));
@@ -73,6 +88,7 @@ static void init(void) {
         return;
     }
     host_layout = LLVMOrcLLJITGetDataLayoutStr(jit);
+    disk_init();
 }
 
 static void set_fn_attr(LLVMContextRef ctx, LLVMValueRef f, const char *kind, bool on) {
@@ -146,6 +162,257 @@ static void target_host(LLVMModuleRef m) {
     }
 }
 
+/* ---- the disk cache: one file of object code per kernel ----
+ * <dir>/<32 hex digits of the key hash>.kn holds a header, the full key and
+ * the object. The key is the caller's words behind a prefix naming the file
+ * format, the Kiln build, the LLVM version, the target and the host CPU, so
+ * another build, CPU or LLVM never reuses an entry. Files are written to a temporary name and
+ * renamed into place: readers and concurrent writers never see half a file. */
+#define KN_CACHE_FORMAT 1u
+#define KN_CACHE_MAX_FILE (64u << 20) /* larger files are corrupt */
+
+typedef struct {
+    char magic[8];
+    uint32_t format, key_len;
+    uint64_t obj_len, obj_sum;
+} file_header;
+
+static const char file_magic[8] = {'K', 'I', 'L', 'N', 'O', 'B', 'J', 0};
+static char *cache_dir;  /* NULL: no disk cache */
+static char *key_prefix; /* the part of every key that names the host */
+static size_t key_prefix_len;
+static uint64_t tmp_serial;
+static uint64_t burned[2]; /* a key whose disk object failed to link */
+
+static uint64_t fnv1a64(const unsigned char *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3u;
+    return h;
+}
+
+static uint64_t fmix64(uint64_t z) {
+    z = (z ^ (z >> 33)) * 0xff51afd7ed558ccdu;
+    z = (z ^ (z >> 33)) * 0xc4ceb9fe1a85ec53u;
+    return z ^ (z >> 33);
+}
+
+/* A second hash unrelated to FNV (8-byte blocks, multiply-rotate, final
+ * avalanche); also the checksum of objects. */
+static uint64_t mix64(const unsigned char *p, size_t n, uint64_t seed) {
+    uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15u);
+    for (size_t i = 0; i < n; i += 8) {
+        uint64_t b = 0;
+        memcpy(&b, p + i, n - i < 8 ? n - i : 8);
+        h ^= fmix64(b + 0x2545f4914f6cdd1du);
+        h = ((h << 31) | (h >> 33)) * 0x87c37b91114253d5u + 0x52dce729u;
+    }
+    return fmix64(h);
+}
+
+static uint64_t checksum(const void *p, size_t n) { return mix64(p, n, 0x6a09e667f3bcc908u); }
+
+/* mkdir -p, new directories private to the user. */
+static int make_dirs(const char *dir) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s) continue;
+        char c = *s;
+        *s = 0;
+        if (mkdir(p, 0700) && errno != EEXIST) return errno;
+        if (!(*s = c)) return 0;
+    }
+}
+
+/* Why dir cannot hold the cache (made if missing), or NULL if it can. */
+static const char *dir_problem(const char *dir, char *buf, size_t n) {
+    int err = make_dirs(dir);
+    struct stat st;
+    if (err || stat(dir, &st)) snprintf(buf, n, "cannot create it: %s", strerror(err ? err : errno));
+    else if (!S_ISDIR(st.st_mode)) snprintf(buf, n, "not a directory");
+    else if (st.st_uid != geteuid())
+        snprintf(buf, n, "owned by uid %u, not by the current user", (unsigned)st.st_uid);
+    else if (st.st_mode & (S_IWGRP | S_IWOTH))
+        snprintf(buf, n, "writable by group or others (mode %03o)", (unsigned)(st.st_mode & 0777));
+    else return NULL;
+    return buf;
+}
+
+/* Called once from init. KN_CACHE=0 turns the disk cache off; KN_CACHE_DIR
+ * names its directory, else $XDG_CACHE_HOME/kiln or ~/.cache/kiln. */
+static void disk_init(void) {
+    /* Words mean different code in another Kiln build (op numbering, the
+     * formulas, code generation): the key names the build by its binary's
+     * size and time, and the formulas and op names by their hashes. */
+    Dl_info dl;
+    struct stat bin = {0};
+    if (dladdr((void *)&kn__jit_load, &dl) && dl.dli_fname) stat(dl.dli_fname, &bin);
+    uint64_t ops = 0;
+    for (int i = 0; i < KN_OP_COUNT; i++)
+        ops = mix64((const unsigned char *)kn_op_table[i].name, strlen(kn_op_table[i].name), ops);
+    char prefix[4096];
+    int len = snprintf(prefix, sizeof prefix,
+                       "kiln kernel cache %u\nbuild %lld %lld.%09ld\nformulas %016llx\n"
+                       "ops %016llx\nllvm %s\n%s\n%s\n%s\n",
+                       KN_CACHE_FORMAT, (long long)bin.st_size, (long long)bin.st_mtim.tv_sec,
+                       (long)bin.st_mtim.tv_nsec,
+                       (unsigned long long)checksum(kn__scalar_bc, kn__scalar_bc_len),
+                       (unsigned long long)ops, LLVM_VERSION_STRING, host_triple, host_cpu,
+                       host_features);
+    if (len <= 0 || (size_t)len >= sizeof prefix || !(key_prefix = malloc((size_t)len))) return;
+    memcpy(key_prefix, prefix, (size_t)len);
+    key_prefix_len = (size_t)len;
+    const char *off = getenv("KN_CACHE");
+    if (off && !strcmp(off, "0")) return;
+    const char *d = getenv("KN_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    char dir[PATH_MAX], why[PATH_MAX + 64];
+    int n;
+    if (d && *d) n = snprintf(dir, sizeof dir, "%s", d);
+    else if (xdg && *xdg == '/') n = snprintf(dir, sizeof dir, "%s/kiln", xdg);
+    else if (home && *home) n = snprintf(dir, sizeof dir, "%s/.cache/kiln", home);
+    else return;
+    const char *bad = n < 0 || (size_t)n + 40 >= sizeof dir ? "the path is too long"
+                                                             : dir_problem(dir, why, sizeof why);
+    if (bad) {
+        fprintf(stderr, "kiln: not using the kernel cache at %s: %s\n", dir, bad);
+        return;
+    }
+    cache_dir = strdup(dir);
+}
+
+/* What a kernel's words map to: its full key, hash, symbol and file. */
+typedef struct {
+    unsigned char *key;
+    size_t len;
+    uint64_t h[2];
+    char sym[40];
+    char path[PATH_MAX];
+} kernel_id;
+
+static bool kernel_id_make(kernel_id *id, const uint32_t *words, size_t nwords) {
+    id->len = key_prefix_len + nwords * sizeof *words;
+    id->key = malloc(id->len ? id->len : 1);
+    if (!id->key) return false;
+    if (key_prefix_len) memcpy(id->key, key_prefix, key_prefix_len);
+    memcpy(id->key + key_prefix_len, words, nwords * sizeof *words);
+    id->h[0] = fnv1a64(id->key, id->len);
+    id->h[1] = mix64(id->key, id->len, 0x3c6ef372fe94f82bu);
+    char hex[33];
+    snprintf(hex, sizeof hex, "%016llx%016llx", (unsigned long long)id->h[0],
+             (unsigned long long)id->h[1]);
+    snprintf(id->sym, sizeof id->sym, "kn_k_%s", hex); /* one kernel, one name */
+    id->path[0] = 0;
+    if (cache_dir) snprintf(id->path, sizeof id->path, "%s/%s.kn", cache_dir, hex);
+    return true;
+}
+
+static bool read_all(int fd, void *p, size_t n) {
+    for (size_t got = 0; got < n;) {
+        ssize_t r = read(fd, (char *)p + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        got += (size_t)r;
+    }
+    return true;
+}
+
+static bool write_all(int fd, const void *p, size_t n) {
+    for (size_t done = 0; done < n;) {
+        ssize_t r = write(fd, (const char *)p + done, n - done);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        done += (size_t)r;
+    }
+    return true;
+}
+
+/* The object of id's entry after checking all of it, or NULL. A damaged
+ * entry is removed, so it is compiled and written again. */
+static LLVMMemoryBufferRef disk_read(const kernel_id *id) {
+    int fd = open(id->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return NULL;
+    struct stat st;
+    unsigned char *buf = NULL;
+    size_t size = 0;
+    bool ok = !fstat(fd, &st) && S_ISREG(st.st_mode) && st.st_size >= (off_t)sizeof(file_header) &&
+              st.st_size <= (off_t)KN_CACHE_MAX_FILE;
+    if (ok) {
+        size = (size_t)st.st_size;
+        ok = (buf = malloc(size)) && read_all(fd, buf, size);
+    }
+    close(fd);
+    file_header h;
+    if (ok) {
+        memcpy(&h, buf, sizeof h);
+        ok = !memcmp(h.magic, file_magic, sizeof h.magic) && h.format == KN_CACHE_FORMAT &&
+             h.key_len == id->len && h.obj_len <= size &&
+             sizeof h + id->len + h.obj_len == size && !memcmp(buf + sizeof h, id->key, id->len) &&
+             checksum(buf + sizeof h + id->len, (size_t)h.obj_len) == h.obj_sum;
+    }
+    LLVMMemoryBufferRef obj = NULL;
+    if (ok) obj = LLVMCreateMemoryBufferWithMemoryRangeCopy((const char *)buf + sizeof h + id->len,
+                                                            (size_t)h.obj_len, id->sym);
+    else unlink(id->path);
+    free(buf);
+    return obj;
+}
+
+static uint64_t random64(void) {
+    uint64_t r;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) == (ssize_t)sizeof r) return r;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return fmix64((uint64_t)t.tv_nsec ^ ((uint64_t)t.tv_sec << 32) ^ (uintptr_t)&r);
+}
+
+/* Best effort: a failed write only costs a compile next time. */
+static void disk_write(const kernel_id *id, const void *obj, size_t len) {
+    char tmp[PATH_MAX + 64];
+    snprintf(tmp, sizeof tmp, "%s/.tmp-%ld-%llu-%016llx", cache_dir, (long)getpid(),
+             (unsigned long long)++tmp_serial, (unsigned long long)random64());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    file_header h = {.format = KN_CACHE_FORMAT, .key_len = (uint32_t)id->len,
+                     .obj_len = len, .obj_sum = checksum(obj, len)};
+    memcpy(h.magic, file_magic, sizeof h.magic);
+    bool ok = write_all(fd, &h, sizeof h) && write_all(fd, id->key, id->len) &&
+              write_all(fd, obj, len) && !fsync(fd);
+    ok = !close(fd) && ok;
+    if (ok && !rename(tmp, id->path)) disk_writes++;
+    else unlink(tmp);
+}
+
+/* Adds an object (consumed) to the JIT and returns the address of sym. */
+static LLVMErrorRef add_object(LLVMMemoryBufferRef obj, const char *sym, void **code) {
+    LLVMOrcExecutorAddress addr = 0;
+    LLVMErrorRef e = LLVMOrcLLJITAddObjectFile(jit, LLVMOrcLLJITGetMainJITDylib(jit), obj);
+    if (!e) e = LLVMOrcLLJITLookup(jit, &addr, sym);
+    *code = e ? NULL : (void *)(uintptr_t)addr;
+    return e;
+}
+
+void *kn__jit_load(const uint32_t *words, size_t nwords) {
+    pthread_once(&once, init);
+    if (!jit || !cache_dir) return NULL;
+    pthread_mutex_lock(&lock);
+    void *code = NULL;
+    kernel_id id;
+    if (kernel_id_make(&id, words, nwords)) {
+        LLVMMemoryBufferRef obj = disk_read(&id);
+        LLVMErrorRef e = obj ? add_object(obj, id.sym, &code) : NULL;
+        if (e) { /* valid but unlinkable: drop it, and compile under another name */
+            LLVMConsumeError(e);
+            unlink(id.path);
+            memcpy(burned, id.h, sizeof burned);
+        } else if (code) {
+            disk_hits++;
+        }
+        free(id.key);
+    }
+    pthread_mutex_unlock(&lock);
+    return code;
+}
+
 static void *fail(kn_jit_unit *u, const char *what, LLVMErrorRef e) {
     char buf[512];
     kn__error("jit: %s: %s", what, error_text(e, buf, sizeof buf));
@@ -153,12 +420,20 @@ static void *fail(kn_jit_unit *u, const char *what, LLVMErrorRef e) {
     return NULL;
 }
 
-void *kn__jit_compile(kn_jit_unit *u, LLVMValueRef fn) {
+void *kn__jit_compile(kn_jit_unit *u, LLVMValueRef fn, const uint32_t *words, size_t nwords) {
     pthread_mutex_lock(&lock);
     void *code = NULL;
-    char name[40];
-    snprintf(name, sizeof name, "kn_kernel_%llu", (unsigned long long)serial++);
-    LLVMSetValueName2(fn, name, strlen(name));
+    kernel_id id;
+    if (!kernel_id_make(&id, words, nwords)) {
+        kn__error("jit: out of memory");
+        kn__jit_unit_dispose(u);
+        pthread_mutex_unlock(&lock);
+        return NULL;
+    }
+    bool burnt = !memcmp(burned, id.h, sizeof burned);
+    if (burnt) /* the failed disk object may have claimed the name */
+        snprintf(id.sym, sizeof id.sym, "kn_kernel_%llu", (unsigned long long)serial++);
+    LLVMSetValueName2(fn, id.sym, strlen(id.sym));
     LLVMSetLinkage(fn, LLVMExternalLinkage);
     target_host(u->mod);
 
@@ -187,19 +462,26 @@ void *kn__jit_compile(kn_jit_unit *u, LLVMValueRef fn) {
     last_ir = strdup(ir);
     LLVMDisposeMessage(ir);
 
-    LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(u->mod, u->tsc);
-    LLVMOrcDisposeThreadSafeContext(u->tsc); /* tsm keeps the context alive */
-    *u = (kn_jit_unit){0};
-    e = LLVMOrcLLJITAddLLVMIRModule(jit, LLVMOrcLLJITGetMainJITDylib(jit), tsm);
-    LLVMOrcExecutorAddress addr = 0;
-    if (!e) e = LLVMOrcLLJITLookup(jit, &addr, name); /* code generation happens here */
+    /* Object code first, so the very bytes that run are the ones cached. */
+    LLVMMemoryBufferRef obj = NULL;
+    msg = NULL;
+    bool bad = LLVMTargetMachineEmitToMemoryBuffer(emit_tm, u->mod, LLVMObjectFile, &msg, &obj);
+    kn__jit_unit_dispose(u);
+    if (bad) {
+        kn__error("jit: code generation: %s", msg ? msg : "unknown error");
+        LLVMDisposeMessage(msg);
+        goto out;
+    }
+    if (cache_dir && !burnt)
+        disk_write(&id, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj));
+    e = add_object(obj, id.sym, &code);
     if (e) {
         fail(u, "compiling", e);
         goto out;
     }
     compiles++;
-    code = (void *)(uintptr_t)addr;
 out:
+    free(id.key);
     pthread_mutex_unlock(&lock);
     return code;
 }
@@ -211,9 +493,13 @@ char *kn__jit_last_ir(void) {
     return s;
 }
 
-uint64_t kn__jit_compile_count(void) {
+static uint64_t read_counter(const uint64_t *c) {
     pthread_mutex_lock(&lock);
-    uint64_t n = compiles;
+    uint64_t n = *c;
     pthread_mutex_unlock(&lock);
     return n;
 }
+
+uint64_t kn__jit_compile_count(void) { return read_counter(&compiles); }
+uint64_t kn__jit_disk_hits(void) { return read_counter(&disk_hits); }
+uint64_t kn__jit_disk_writes(void) { return read_counter(&disk_writes); }

@@ -22,9 +22,17 @@ typedef struct {
 bool kn__jit_unit_new(kn_jit_unit *u);
 /* Frees a unit that will not be compiled (a generator gave up). */
 void kn__jit_unit_dispose(kn_jit_unit *u);
-/* Optimizes u, compiles it and returns the address of fn (a definition in
- * u->mod, renamed to a unique symbol). Always consumes u. The code lives
- * until the process exits. NULL with a Kiln error. Thread-safe. */
-void *kn__jit_compile(kn_jit_unit *u, LLVMValueRef fn);
+/* words identify a kernel (the generator's normalized input): equal words
+ * must mean equal code. The disk cache keys entries by them plus the host
+ * CPU, its features and the LLVM version. */
+
+/* The kernel of words from the disk cache, linked into the JIT; NULL (no
+ * error) on a miss or with the disk cache off. Thread-safe. */
+void *kn__jit_load(const uint32_t *words, size_t nwords);
+/* Optimizes u, compiles it to object code, writes that to the disk cache
+ * and returns the address of fn (a definition in u->mod, renamed to a
+ * symbol derived from words). Always consumes u. The code lives until the
+ * process exits. NULL with a Kiln error. Thread-safe. */
+void *kn__jit_compile(kn_jit_unit *u, LLVMValueRef fn, const uint32_t *words, size_t nwords);
 
 #endif

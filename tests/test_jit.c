@@ -3,11 +3,47 @@
  * chain, reject bad chains with an error, and split into ranges freely. */
 #include "../jit/jit.h"
 #include "helpers.h"
+#include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
-KN_SUITE(jit, KN_NO_SEED);
+/* Every test gets an empty private kernel cache (Criterion runs each test in
+ * its own process, and the JIT reads KN_CACHE_DIR at first use), so compile
+ * counts do not depend on what other tests or earlier runs left on disk. */
+static char cache_dir[64];
+
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char p[512];
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void jit_setup(void) {
+    test_setup(KN_NO_SEED);
+    snprintf(cache_dir, sizeof cache_dir, "/tmp/kiln-jit-test-XXXXXX");
+    cr_assert(mkdtemp(cache_dir));
+    setenv("KN_CACHE_DIR", cache_dir, 1);
+}
+
+static void jit_teardown(void) {
+    remove_dir(cache_dir);
+    test_teardown();
+}
+
+TestSuite(jit, .init = jit_setup, .fini = jit_teardown);
 
 #define NOTNULL(t) cr_assert((t), "NULL: %s", kn_last_error() ? kn_last_error() : "(no error)")
 #define IN(k) {.kind = KN_JIT_INPUT, .input = (k)}
@@ -229,4 +265,203 @@ Test(jit, concurrent_requests_compile_once) {
     for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
     for (int i = 0; i < 4; i++) cr_assert(k[i] && k[i] == k[0]);
     cr_assert_eq(kn__jit_compile_count(), before + 1);
+}
+
+/* ---- the kernel cache on disk ---- */
+
+/* Counts entries (*.kn) and temporary files (.tmp-*) in dir; names[] gets
+ * the entries' names if given. */
+static int count_files(const char *dir, int *ntmp, char names[][64], int max) {
+    DIR *d = opendir(dir);
+    cr_assert(d, "cannot open %s", dir);
+    int n = 0, t = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        if (!strncmp(e->d_name, ".tmp-", 5)) t++;
+        else if (len > 3 && !strcmp(e->d_name + len - 3, ".kn")) {
+            if (names && n < max) snprintf(names[n], 64, "%s", e->d_name);
+            n++;
+        }
+    }
+    closedir(d);
+    if (ntmp) *ntmp = t;
+    return n;
+}
+
+typedef struct {
+    const kn_jit_step *s;
+    int n, nin;
+} chain;
+static const chain ca = {chain_a, 13, 1}, cb = {chain_b, 15, 2}, cc = {chain_c, 7, 2};
+
+/* Compiles the chains in a fresh child process, after reading a byte from
+ * go if go >= 0 (a start signal). Returns 100 if a chain failed, else
+ * 10 * disk hits + LLVM compiles. Children touch only the JIT: a child of a
+ * process with running worker threads could not use the thread pool. */
+static int child_compile(const chain *cs, int ncs, int go) {
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        char c;
+        if (go >= 0 && read(go, &c, 1) < 0) _exit(101);
+        for (int i = 0; i < ncs; i++)
+            if (!kn__jit_elementwise(cs[i].s, cs[i].n, cs[i].nin)) _exit(100);
+        _exit((int)(10 * kn__jit_disk_hits() + kn__jit_compile_count()));
+    }
+    return pid;
+}
+
+static int wait_child(pid_t pid) {
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st), "the child died (status %d)", st);
+    return WEXITSTATUS(st);
+}
+
+static int in_child(const chain *cs, int ncs) { return wait_child(child_compile(cs, ncs, -1)); }
+
+/* These tests need the disk cache even in a run with KN_CACHE=0. */
+static void disk_on(void) { setenv("KN_CACHE", "1", 1); }
+
+static void check_a(void) {
+    kn_tensor *x = test_values();
+    check_chain(chain_a, 13, 1, eager_a(x), &x);
+}
+
+Test(jit, first_compile_writes_one_entry) {
+    disk_on();
+    int ntmp;
+    check_a();
+    cr_assert_eq(kn__jit_compile_count(), 1);
+    cr_assert_eq(kn__jit_disk_writes(), 1);
+    cr_assert_eq(kn__jit_disk_hits(), 0);
+    cr_assert_eq(count_files(cache_dir, &ntmp, NULL, 0), 1);
+    cr_assert_eq(ntmp, 0);
+    struct stat st;
+    cr_assert_eq(stat(cache_dir, &st), 0);
+    cr_assert_eq(st.st_mode & 077, 0, "the cache directory must stay private");
+}
+
+Test(jit, fresh_process_loads_from_disk) {
+    disk_on();
+    cr_assert_eq(in_child(&ca, 1), 1); /* compiled and written */
+    check_a();
+    cr_assert_eq(kn__jit_disk_hits(), 1);
+    cr_assert_eq(kn__jit_compile_count(), 0, "a disk hit runs no LLVM compile");
+    cr_assert_eq(kn__jit_disk_writes(), 0);
+    cr_assert_null(kn__jit_last_ir());
+    cr_assert_eq(count_files(cache_dir, NULL, NULL, 0), 1);
+}
+
+/* Entries damaged three ways (truncated, a byte of the object flipped, a
+ * byte of the key in the header flipped) are removed and compiled again. */
+static void damage(const char *name, int how) {
+    char p[256];
+    snprintf(p, sizeof p, "%s/%s", cache_dir, name);
+    struct stat st;
+    cr_assert_eq(stat(p, &st), 0);
+    if (how == 0) {
+        cr_assert_eq(truncate(p, st.st_size / 2), 0);
+        return;
+    }
+    off_t at = how == 1 ? st.st_size - 100 : 32 + 20; /* the object; the key after the header */
+    int fd = open(p, O_RDWR);
+    cr_assert(fd >= 0);
+    unsigned char c;
+    cr_assert_eq(pread(fd, &c, 1, at), 1);
+    c ^= 0x55;
+    cr_assert_eq(pwrite(fd, &c, 1, at), 1);
+    close(fd);
+}
+
+Test(jit, damaged_entries_are_removed_and_recompiled) {
+    disk_on();
+    const chain cs[3] = {ca, cb, cc};
+    for (int i = 0; i < 3; i++) cr_assert_eq(in_child(&cs[i], 1), 1);
+    /* Damage each file in turn, through a child that must not load it. */
+    char names[3][64];
+    cr_assert_eq(count_files(cache_dir, NULL, names, 3), 3);
+    for (int how = 0; how < 3; how++) {
+        damage(names[how], how);
+        char p[256];
+        snprintf(p, sizeof p, "%s/%s", cache_dir, names[how]);
+        /* Two chains hit, the damaged one is compiled again (never run). */
+        cr_assert_eq(in_child(cs, 3), 21, "damage %d not detected", how);
+        struct stat st;
+        cr_assert_eq(stat(p, &st), 0, "the entry was not written again");
+        cr_assert_eq(in_child(cs, 3), 30);
+    }
+    /* And here, with damage to all three at once, results stay exact. */
+    for (int how = 0; how < 3; how++) damage(names[how], how);
+    kn_tensor *x = test_values(), *w = test_values();
+    check_chain(chain_a, 13, 1, eager_a(x), &x);
+    check_chain(chain_b, 15, 2, eager_b(x, w), (kn_tensor *[]){x, w});
+    check_chain(chain_c, 7, 2, eager_c(x, w), (kn_tensor *[]){x, w});
+    cr_assert_eq(kn__jit_disk_hits(), 0);
+    cr_assert_eq(kn__jit_compile_count(), 3);
+    cr_assert_eq(kn__jit_disk_writes(), 3);
+    int ntmp;
+    cr_assert_eq(count_files(cache_dir, &ntmp, NULL, 0), 3);
+    cr_assert_eq(ntmp, 0);
+}
+
+Test(jit, cache_off_writes_nothing) {
+    setenv("KN_CACHE", "0", 1);
+    check_a();
+    cr_assert_eq(kn__jit_compile_count(), 1);
+    cr_assert_eq(kn__jit_disk_writes(), 0);
+    int ntmp;
+    cr_assert_eq(count_files(cache_dir, &ntmp, NULL, 0), 0);
+    cr_assert_eq(ntmp, 0);
+}
+
+Test(jit, shared_cache_dir_is_refused) {
+    disk_on();
+    cr_assert_eq(chmod(cache_dir, 0777), 0);
+    FILE *err = tmpfile();
+    cr_assert(err);
+    fflush(stderr);
+    int saved = dup(2);
+    cr_assert(saved >= 0 && dup2(fileno(err), 2) == 2);
+    kn_jit_kernel k1 = kn__jit_elementwise(chain_b, 15, 2);
+    kn_jit_kernel k2 = kn__jit_elementwise(chain_c, 7, 2);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    NOTNULL(k1 && k2);
+    check_a();
+    char text[1024] = {0};
+    rewind(err);
+    size_t n = fread(text, 1, sizeof text - 1, err);
+    fclose(err);
+    char want[256];
+    snprintf(want, sizeof want, "kiln: not using the kernel cache at %s: ", cache_dir);
+    cr_assert(n > 0 && strstr(text, want), "no warning, stderr was: %s", text);
+    cr_assert_null(strstr(strstr(text, want) + 1, want), "warned twice: %s", text);
+    cr_assert_eq(kn__jit_disk_writes(), 0);
+    cr_assert_eq(kn__jit_compile_count(), 3);
+    cr_assert_eq(count_files(cache_dir, NULL, NULL, 0), 0);
+}
+
+/* Processes compiling the same chain at once all succeed and leave one
+ * valid entry and no temporary files. */
+Test(jit, concurrent_processes_share_one_entry) {
+    disk_on();
+    int go[2];
+    cr_assert_eq(pipe(go), 0);
+    pid_t pid[4];
+    for (int i = 0; i < 4; i++) pid[i] = child_compile(&ca, 1, go[0]);
+    close(go[0]);
+    cr_assert_eq(write(go[1], "gogo", 4), 4); /* one byte per child: all start now */
+    close(go[1]);
+    for (int i = 0; i < 4; i++) {
+        int r = wait_child(pid[i]);
+        cr_assert(r == 1 || r == 10, "child %d: %d", i, r);
+    }
+    int ntmp;
+    cr_assert_eq(count_files(cache_dir, &ntmp, NULL, 0), 1);
+    cr_assert_eq(ntmp, 0);
+    check_a(); /* loaded from that entry */
+    cr_assert_eq(kn__jit_disk_hits(), 1);
+    cr_assert_eq(kn__jit_compile_count(), 0);
 }
