@@ -100,78 +100,148 @@ static int emit(const kn_trace *tr, int id, const int *group, int g, kn_jit_step
     return memo[id] = (*nsteps)++;
 }
 
-void kn__plan_fuse(plan *pl, const int *outs, int nout) {
-    kn_trace *tr = pl->tr;
+/* One chain to fuse: its root node, members and the JIT steps. */
+typedef struct {
+    int root, members;
+    kn_jit_step *steps;
+    int nsteps, ninputs;
+    int *inputs;        /* value ids of the kernel's operands */
+    kn_jit_kernel k;
+} fuse_group;
+
+struct kn_fuse_job {
+    fuse_group *g;
+    int ngroups;
+    int *group;         /* per node: its group's root, or -1 */
+    int nnodes;
+    char *name;
+};
+
+void kn__fuse_job_free(kn_fuse_job *j) {
+    if (!j) return;
+    for (int i = 0; i < j->ngroups; i++) {
+        free(j->g[i].steps);
+        free(j->g[i].inputs);
+    }
+    free(j->g);
+    free(j->group);
+    free(j->name);
+    free(j);
+}
+
+kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
+    const kn_trace *tr = pl->tr;
     const char *e = getenv("KN_JIT");
-    if (e && !strcmp(e, "0")) return;  /* KN_JIT=0: plans run op by op */
+    if (e && !strcmp(e, "0")) return NULL;  /* KN_JIT=0: plans run op by op */
     int n = tr->nnodes;
+    kn_fuse_job *j = calloc(1, sizeof *j);
     int *uses = calloc((size_t)tr->nvals + 1, sizeof *uses), *parent = malloc(((size_t)n + 1) * sizeof *parent);
-    int *size = malloc(((size_t)n + 1) * sizeof *size), *memo = malloc(((size_t)tr->nvals + 1) * sizeof *memo);
+    int *memo = malloc(((size_t)tr->nvals + 1) * sizeof *memo);
     kn_jit_step *steps = malloc(KN_JIT_MAX_STEPS * sizeof *steps);
-    bool *dead = calloc((size_t)n + 1, sizeof *dead);
-    if (!uses || !parent || !size || !memo || !steps || !dead) goto done;
+    if (j) {
+        j->group = malloc(((size_t)n + 1) * sizeof *j->group);
+        j->g = calloc((size_t)n + 1, sizeof *j->g);
+        j->name = strdup(tr->name);
+        j->nnodes = n;
+    }
+    if (!j || !j->group || !j->g || !j->name || !uses || !parent || !memo || !steps) {
+        kn__fuse_job_free(j);
+        j = NULL;
+        goto done;
+    }
     for (int i = 0; i < n; i++)  /* consumers: x*x uses x in one node */
-        for (int j = 0; j < tr->nodes[i].nin; j++) {
-            int id = tr->nodes[i].in[j];
+        for (int k = 0; k < tr->nodes[i].nin; k++) {
+            int id = tr->nodes[i].in[k];
             bool again = false;
-            for (int k = 0; k < j; k++) again |= tr->nodes[i].in[k] == id;
+            for (int q = 0; q < k; q++) again |= tr->nodes[i].in[q] == id;
             if (id >= 0 && !again) uses[id]++;
         }
     for (int k = 0; k < nout; k++) uses[outs[k]] += 2;  /* an output is never an internal value */
-    for (int i = 0; i < n; i++) parent[i] = i, size[i] = 1;
+    for (int i = 0; i < n; i++) parent[i] = i;
     /* A candidate joins the group of its consumer when it is that consumer's only input from it. */
     for (int i = 0; i < n; i++) {
-        tnode *c = &tr->nodes[i];
+        const tnode *c = &tr->nodes[i];
         if (!candidate(tr, c)) continue;
-        for (int j = 0; j < c->nin; j++) {
-            int id = c->in[j];
+        for (int k = 0; k < c->nin; k++) {
+            int id = c->in[k];
             if (tr->vals[id].kind != V_NODE || uses[id] != 1) continue;
             int m = tr->vals[id].index;
             if (!candidate(tr, &tr->nodes[m])) continue;
-            int a = find(parent, m), b = find(parent, i);
-            if (a != b) {
-                parent[a] = b;
-                size[b] += size[a];
-            }
+            int ra = find(parent, m), rb = find(parent, i);
+            if (ra != rb) parent[ra] = rb;
         }
     }
-    int *group = size;  /* reused: group root of each node, or -1 */
-    for (int i = 0; i < n; i++) group[i] = candidate(tr, &tr->nodes[i]) ? find(parent, i) : -1;
+    for (int i = 0; i < n; i++) j->group[i] = candidate(tr, &tr->nodes[i]) ? find(parent, i) : -1;
     for (int i = 0; i < n; i++) {
         /* The group's last member is its root: the value the rest feeds. */
-        if (group[i] < 0 || find(parent, i) != i) continue;
+        if (j->group[i] != i) continue;
         int members = 0;
-        for (int k = 0; k < n; k++) members += group[k] == i;
+        for (int k = 0; k < n; k++) members += j->group[k] == i;
         if (members < 2) continue;
-        int inputs[KN_JIT_MAX_INPUTS], ninputs = 0, nsteps = 0;
+        fuse_group *g = &j->g[j->ngroups];
+        int inputs[KN_JIT_MAX_INPUTS];
         for (int v = 0; v < tr->nvals; v++) memo[v] = -1;
-        tnode *root = &tr->nodes[i];
-        if (emit(tr, root->out, group, i, steps, &nsteps, inputs, &ninputs, memo) < 0) continue;
-        const char *dump = getenv("KN_DUMP");
-        if (dump && strstr(dump, "kernels")) print_kernel(stderr, tr->name, steps, nsteps, ninputs);
-        kn_jit_kernel k = kn__jit_elementwise(steps, nsteps, ninputs);
-        if (!k) {  /* no JIT for this chain: the nodes run one by one */
-            kn_clear_error();
+        g->nsteps = g->ninputs = 0;
+        if (emit(tr, tr->nodes[i].out, j->group, i, steps, &g->nsteps, inputs, &g->ninputs, memo) < 0) continue;
+        g->steps = malloc((size_t)g->nsteps * sizeof *g->steps);
+        g->inputs = malloc(((size_t)g->ninputs + 1) * sizeof *g->inputs);
+        if (!g->steps || !g->inputs) {
+            free(g->steps);
+            free(g->inputs);
             continue;
         }
-        int *in = malloc(((size_t)ninputs + 1) * sizeof *in);
-        if (!in) continue;
-        memcpy(in, inputs, (size_t)ninputs * sizeof *in);
-        for (int k2 = 0; k2 < n; k2++)
-            if (group[k2] == i && k2 != i) dead[k2] = true;
-        free(root->in);
-        root->in = in;
-        root->nin = ninputs;
-        root->kind = N_FUSED;
-        root->kernel = k;
-        root->nfused = members;
+        memcpy(g->steps, steps, (size_t)g->nsteps * sizeof *steps);
+        memcpy(g->inputs, inputs, (size_t)g->ninputs * sizeof *inputs);
+        g->root = i;
+        g->members = members;
+        j->ngroups++;
     }
-    kn__plan_compact(pl, dead, outs, nout);  /* drops the fused members */
 done:
     free(uses);
     free(parent);
-    free(size);
     free(memo);
     free(steps);
+    return j;
+}
+
+void kn__fuse_compile(kn_fuse_job *j) {
+    const char *dump = getenv("KN_DUMP");
+    for (int i = 0; j && i < j->ngroups; i++) {
+        fuse_group *g = &j->g[i];
+        if (dump && strstr(dump, "kernels")) print_kernel(stderr, j->name, g->steps, g->nsteps, g->ninputs);
+        if (!(g->k = kn__jit_elementwise(g->steps, g->nsteps, g->ninputs)))
+            kn_clear_error();  /* no JIT for this chain: its nodes run one by one */
+    }
+}
+
+void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
+    kn_trace *tr = pl->tr;
+    bool *dead = calloc((size_t)tr->nnodes + 1, sizeof *dead);
+    if (!j || !dead || j->nnodes != tr->nnodes) {
+        free(dead);
+        return;
+    }
+    for (int i = 0; i < j->ngroups; i++) {
+        fuse_group *g = &j->g[i];
+        if (!g->k) continue;
+        tnode *root = &tr->nodes[g->root];
+        for (int k = 0; k < tr->nnodes; k++)
+            if (j->group[k] == g->root && k != g->root) dead[k] = true;
+        free(root->in);
+        root->in = g->inputs;  /* handed over */
+        g->inputs = NULL;
+        root->nin = g->ninputs;
+        root->kind = N_FUSED;
+        root->kernel = g->k;
+        root->nfused = g->members;
+    }
+    kn__plan_compact(pl, dead, outs, nout);  /* drops the fused members */
     free(dead);
+}
+
+void kn__plan_fuse(plan *pl, const int *outs, int nout) {
+    kn_fuse_job *j = kn__fuse_prepare(pl, outs, nout);
+    kn__fuse_compile(j);
+    kn__fuse_apply(pl, j, outs, nout);
+    kn__fuse_job_free(j);
 }

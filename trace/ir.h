@@ -104,8 +104,15 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout);
 /* Removes the dead nodes of a plan and renumbers values and last uses. */
 void kn__plan_compact(plan *pl, const bool *dead, const int *outs, int nout);
 /* Fuses chains of f32 elementwise nodes of a built plan into JIT kernels
- * (trace/fuse.c) and renumbers last uses. */
+ * (trace/fuse.c) and renumbers last uses. In three steps for tiered
+ * compilation: prepare (the chains), compile (slow: any thread), apply
+ * (rewrites the plan; under the function's lock). */
 void kn__plan_fuse(plan *pl, const int *outs, int nout);
+typedef struct kn_fuse_job kn_fuse_job;
+kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout);
+void kn__fuse_compile(kn_fuse_job *j);
+void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout);
+void kn__fuse_job_free(kn_fuse_job *j);
 /* Runs one recorded op on actual tensors. */
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);
 /* kn__run_plan's result when a value's shape broke the symbolic sizes
