@@ -720,3 +720,27 @@ Test(function, dump_kernels_prints_the_fused_loop_as_c) {
               strstr(buf, "kn_s_tanh_f32(") && strstr(buf, "0.500000000f"), "%s", buf);
     kn_fn_free(f);
 }
+
+/* Tiered compilation: the plan runs op by op until its kernels are ready,
+ * then switches, with the same results throughout. */
+Test(function, async_compile_switches_to_fused_kernels) {
+    setenv("KN_COMPILE", "async", 1);
+    kn_fn *f = kn_function("chain", chain_body, NULL, 2, 2, NULL);
+    kn_tensor *in[2] = {kn_randn(KN_SHAPE(4, 500), KN_F32), kn_randn(KN_SHAPE(4, 500), KN_F32)};
+    kn_tensor *want[2], *got[2];
+    chain_body(NULL, in, want);
+    for (int call = 0; call < 3; call++) {  /* trace, then replays while compiling */
+        cr_assert_eq(kn_call(f, in, got), 0, "%s", kn_last_error());
+        assert_equal(got[0], want[0]);
+        assert_equal(got[1], want[1]);
+    }
+    kn_fn_wait_compiled(f);
+    cr_assert_eq(kn_call(f, in, got), 0);
+    assert_equal(got[0], want[0]);
+    assert_equal(got[1], want[1]);
+    char *text = dump_of(f, kn_fn_dump);
+    cr_assert(strstr(text, "fused<8 ops"), "%s", text);
+    free(text);
+    cr_assert_eq(kn_fn_stats(f).nodes, 3, "fused, mul, sum (got %lld)", (long long)kn_fn_stats(f).nodes);
+    kn_fn_free(f);
+}

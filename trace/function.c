@@ -256,6 +256,7 @@ kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout,
     if (!f) return kn__error("kn_function %s: out of memory", name);
     *f = (kn_fn){.name = name, .body = body, .ctx = ctx, .nin = nin, .nout = nout};
     pthread_mutex_init(&f->lock, NULL);
+    pthread_cond_init(&f->compiled, NULL);
     return f;
 }
 
@@ -269,10 +270,76 @@ void kn__plan_free(plan *p) {
 
 void kn_fn_free(kn_fn *f) {
     if (!f) return;
+    kn_fn_wait_compiled(f);
     for (int i = 0; i < f->nplans; i++) kn__plan_free(&f->plans[i]);
     free(f->plans);
+    pthread_cond_destroy(&f->compiled);
     pthread_mutex_destroy(&f->lock);
     free(f);
+}
+
+void kn_fn_wait_compiled(kn_fn *f) {
+    if (!f) return;
+    pthread_mutex_lock(&f->lock);
+    while (f->compiling > 0) pthread_cond_wait(&f->compiled, &f->lock);
+    pthread_mutex_unlock(&f->lock);
+}
+
+/* ---- tiered compilation: plans run op by op until their kernels are ready ---- */
+typedef struct {
+    kn_fn *f;
+    uint64_t plan_id;
+    kn_fuse_job *job;
+    int *outs;
+} compile_task;
+
+static void *compile_in_background(void *arg) {
+    compile_task *t = arg;
+    kn__fuse_compile(t->job);  /* the slow part, outside the lock */
+    kn_fn *f = t->f;
+    pthread_mutex_lock(&f->lock);
+    for (int i = 0; i < f->nplans; i++)  /* the plan may be gone (a replaced capture) */
+        if (f->plans[i].id == t->plan_id) {
+            kn__fuse_apply(&f->plans[i], t->job, t->outs, f->nout);
+            if (i == f->nplans - 1) f->stats.nodes = f->plans[i].tr->nnodes;
+        }
+    f->compiling--;
+    pthread_cond_broadcast(&f->compiled);
+    pthread_mutex_unlock(&f->lock);
+    kn__fuse_job_free(t->job);
+    free(t->outs);
+    free(t);
+    return NULL;
+}
+
+/* Fuses now, or (KN_COMPILE=async) starts the compile on a thread of its own. */
+static void fuse_plan(kn_fn *f, plan *pl, const int *outs) {
+    const char *mode = getenv("KN_COMPILE");
+    if (!mode || strcmp(mode, "async") != 0) {
+        kn__plan_fuse(pl, outs, f->nout);
+        return;
+    }
+    compile_task *t = calloc(1, sizeof *t);
+    if (t) t->outs = malloc((size_t)f->nout * sizeof *t->outs);
+    if (t && t->outs && (t->job = kn__fuse_prepare(pl, outs, f->nout))) {
+        memcpy(t->outs, outs, (size_t)f->nout * sizeof *outs);
+        t->f = f;
+        t->plan_id = pl->id;
+        pthread_t th;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        f->compiling++;  /* under f->lock: kn_call holds it */
+        if (pthread_create(&th, &a, compile_in_background, t) == 0) t = NULL;
+        else f->compiling--;
+        pthread_attr_destroy(&a);
+    }
+    if (t) {  /* no thread: compile here */
+        if (t->job) kn__plan_fuse(pl, outs, f->nout);
+        kn__fuse_job_free(t->job);
+        free(t->outs);
+        free(t);
+    }
 }
 
 kn_fn_stats_t kn_fn_stats(const kn_fn *f) { return f ? f->stats : (kn_fn_stats_t){0}; }
@@ -472,7 +539,8 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
                 force_exact ? "symbolic sizes failed for these shapes"
                 : tr->exact ? "the body read sizes with kn_shape, kn_numel or kn_strides" : "KN_STATIC_SHAPES");
     memcpy(pl.outs, outs, (size_t)f->nout * sizeof *outs);
-    kn__plan_fuse(&pl, outs, f->nout);
+    pl.id = ++f->next_id;
+    fuse_plan(f, &pl, outs);
     f->plans[f->nplans++] = pl;
     f->stats.nodes = tr->nnodes;
     return 0;

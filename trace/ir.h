@@ -77,6 +77,7 @@ typedef struct plan {
     int *captures;      /* value ids of the captures the plan reads */
     int ncaptures;
     size_t symlen;      /* signature bytes to compare; less than siglen unless exact */
+    uint64_t id;        /* finds the plan again for a background compile */
 } plan;
 
 struct kn_fn {
@@ -91,6 +92,9 @@ struct kn_fn {
     bool history[10];   /* whether each of the last 10 calls traced */
     int hpos;
     bool warned;
+    uint64_t next_id;
+    int compiling;      /* background compiles not finished (tiered compilation) */
+    pthread_cond_t compiled;
 };
 
 /* Runs f's body once on in, recording: res gets the eager outputs (held

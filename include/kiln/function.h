@@ -37,7 +37,11 @@ kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout,
 /* Runs f: sets out[0..nout) to new references (owned like op results), or
  * returns -1 with an error and sets none. */
 int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out);
-void kn_fn_free(kn_fn *f);
+void kn_fn_free(kn_fn *f);  /* waits for its background compiles */
+/* With KN_COMPILE=async, a new plan runs op by op while a thread compiles its
+ * fused kernels, and switches to them when they are ready. This waits until
+ * every compile started for f has finished. */
+void kn_fn_wait_compiled(kn_fn *f);
 
 typedef struct {
     int64_t calls, traces, hits, eager_calls;
