@@ -38,7 +38,7 @@ static uint32_t *normalize(const kn_jit_step *s, int nsteps, int ninputs, size_t
     for (int i = 0; i < nsteps; i++) {
         uint32_t *x = w + 2 + 4 * i;
         x[0] = (uint32_t)s[i].kind;
-        if (s[i].kind == KN_JIT_INPUT) x[1] = (uint32_t)s[i].input;
+        if (s[i].kind == KN_JIT_INPUT || s[i].kind == KN_JIT_SCALAR) x[1] = (uint32_t)s[i].input;
         if (s[i].kind == KN_JIT_CONST) x[1] = float_bits(s[i].value);
         if (s[i].kind == KN_JIT_OP) {
             x[1] = (uint32_t)s[i].op;
@@ -64,7 +64,7 @@ static bool check(const kn_jit_step *s, int nsteps, int ninputs) {
         return kn__error("jit: a chain takes 0 to %d inputs, got %d", KN_JIT_MAX_INPUTS, ninputs), false;
     for (int i = 0; i < nsteps; i++) {
         if (s[i].kind == KN_JIT_CONST) continue;
-        if (s[i].kind == KN_JIT_INPUT) {
+        if (s[i].kind == KN_JIT_INPUT || s[i].kind == KN_JIT_SCALAR) {
             if (s[i].input < 0 || s[i].input >= ninputs)
                 return kn__error("jit: step %d reads input %d of %d", i, s[i].input, ninputs), false;
             continue;
@@ -125,9 +125,10 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_step *s, int nsteps, int 
         goto out;
     }
     for (int k = 0; k < nsteps; k++) {
-        if (s[k].kind == KN_JIT_INPUT) {
-            LLVMValueRef p = LLVMBuildInBoundsGEP2(b, f32, LLVMGetParam(body, (unsigned)s[k].input), &i, 1, "");
-            v[k] = LLVMBuildLoad2(b, f32, p, "");
+        if (s[k].kind == KN_JIT_INPUT || s[k].kind == KN_JIT_SCALAR) {
+            LLVMValueRef zero = LLVMConstInt(i64, 0, 0), *at = s[k].kind == KN_JIT_SCALAR ? &zero : &i;
+            LLVMValueRef p = LLVMBuildInBoundsGEP2(b, f32, LLVMGetParam(body, (unsigned)s[k].input), at, 1, "");
+            v[k] = LLVMBuildLoad2(b, f32, p, "");  /* a scalar's load is hoisted out of the loop */
             LLVMSetAlignment(v[k], 4);
         } else if (s[k].kind == KN_JIT_CONST) {
             v[k] = LLVMConstReal(f32, s[k].value); /* a float widens to double exactly */

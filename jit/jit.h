@@ -10,11 +10,12 @@
 #include "../core/internal.h"
 #include "../core/ops.h"
 
-typedef enum { KN_JIT_INPUT, KN_JIT_CONST, KN_JIT_OP } kn_jit_kind;
+/* KN_JIT_SCALAR reads element 0 of an input for every element: a 0-dim operand. */
+typedef enum { KN_JIT_INPUT, KN_JIT_CONST, KN_JIT_OP, KN_JIT_SCALAR } kn_jit_kind;
 
 typedef struct {
     kn_jit_kind kind;
-    int input;   /* KN_JIT_INPUT: which input array */
+    int input;   /* KN_JIT_INPUT, KN_JIT_SCALAR: which input array */
     float value; /* KN_JIT_CONST (compared by bits: -0 and NaN payloads count) */
     kn_op op;    /* KN_JIT_OP: an elementwise op with a 1- or 2-argument f32 formula */
     int a, b;    /* KN_JIT_OP: operand steps, earlier than this one; b for binary ops */

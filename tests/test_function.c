@@ -744,3 +744,25 @@ Test(function, async_compile_switches_to_fused_kernels) {
     cr_assert_eq(kn_fn_stats(f).nodes, 3, "fused, mul, sum (got %lld)", (long long)kn_fn_stats(f).nodes);
     kn_fn_free(f);
 }
+
+/* A 0-dim tensor captured by a fused chain (a learning rate, say) is read at
+ * every call, like any capture. */
+static int scaled_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    out[0] = kn_tanh(kn_mul(kn_exp(in[0]), (kn_tensor *)ctx));
+    return 0;
+}
+
+Test(function, fused_chains_read_scalar_captures_at_each_call) {
+    kn_tensor *lr = kn_scalar(0.5, KN_F64), *x = kn_randn(KN_SHAPE(3, 70), KN_F32), *got, *want;
+    kn_fn *f = kn_function("scaled", scaled_body, lr, 1, 1, NULL);
+    for (int call = 0; call < 4; call++) {
+        cr_assert_eq(kn_fill_(lr, 0.25 * (call + 1)), 0);
+        cr_assert_eq(kn_call(f, &x, &got), 0, "%s", kn_last_error());
+        scaled_body(lr, &x, &want);
+        assert_equal(got, want);
+    }
+    char *text = dump_of(f, kn_fn_dump);
+    cr_assert(strstr(text, "fused<3 ops, last tanh>(%0, %2)"), "%s", text);
+    free(text);
+    kn_fn_free(f);
+}

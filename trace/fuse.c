@@ -34,8 +34,15 @@ static bool scalar_const(const kn_trace *tr, int id, float *v) {
     return true;
 }
 
-/* A node the JIT can evaluate: f32 in and out, operands of its own shape or
- * scalar constants, and no autograd graph needed from it at call time. */
+/* A 0-dim value that is not a constant: read as element 0 of an input. */
+static bool scalar_value(const kn_trace *tr, int id) {
+    float c;
+    return id >= 0 && tr->vals[id].ndim == 0 && !scalar_const(tr, id, &c) && tr->vals[id].dtype != KN_BOOL;
+}
+
+/* A node the JIT can evaluate: f32 out, operands of its own shape (f32),
+ * scalar constants or 0-dim tensors, and no autograd graph needed from it at
+ * call time. */
 static bool candidate(const kn_trace *tr, const tnode *n) {
     if (n->kind != N_OP || !fusable_op(n->op) || n->out < 0) return false;
     const tvalue *o = &tr->vals[n->out];
@@ -43,7 +50,8 @@ static bool candidate(const kn_trace *tr, const tnode *n) {
     for (int j = 0; j < n->nin; j++) {
         float c;
         if (n->in[j] < 0) return false;
-        if (!scalar_const(tr, n->in[j], &c) && !same_type(&tr->vals[n->in[j]], o)) return false;
+        if (!scalar_const(tr, n->in[j], &c) && !scalar_value(tr, n->in[j]) && !same_type(&tr->vals[n->in[j]], o))
+            return false;
     }
     return true;
 }
@@ -58,6 +66,7 @@ static void print_kernel(FILE *o, const char *name, const kn_jit_step *s, int ns
     for (int k = 0; k < nsteps; k++) {
         fprintf(o, "        float v%d = ", k);
         if (s[k].kind == KN_JIT_INPUT) fprintf(o, "in%d[i];\n", s[k].input);
+        else if (s[k].kind == KN_JIT_SCALAR) fprintf(o, "in%d[0];\n", s[k].input);
         else if (s[k].kind == KN_JIT_CONST) fprintf(o, "%#.9gf;\n", (double)s[k].value);
         else if (kn_op_table[s[k].op].arity == 2)
             fprintf(o, "kn_s_%s_f32(v%d, v%d);\n", kn_op_table[s[k].op].name, s[k].a, s[k].b);
@@ -91,7 +100,7 @@ static int emit(const kn_trace *tr, int id, const int *group, int g, kn_jit_step
         s.value = c;
     } else {
         if (*ninputs == KN_JIT_MAX_INPUTS) return -1;
-        s.kind = KN_JIT_INPUT;
+        s.kind = scalar_value(tr, id) ? KN_JIT_SCALAR : KN_JIT_INPUT;
         s.input = *ninputs;
         inputs[(*ninputs)++] = id;
     }

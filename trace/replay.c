@@ -91,6 +91,11 @@ static kn_tensor *run_fused(const char *name, const tnode *n, const tvalue *now,
     kn_tensor *dense[KN_JIT_MAX_INPUTS] = {0}, *r = NULL;
     for (int j = 0; j < n->nin; j++) {
         kn_tensor *x = args[j];
+        if (x->ndim == 0 && now->ndim > 0) {  /* a scalar operand, as f32 the way the op converts it */
+            if (!(dense[j] = x->dtype == KN_F32 ? kn__ret(x) : kn_cast(x, KN_F32))) goto done;
+            ptrs[j] = kn__ptr(dense[j]);
+            continue;
+        }
         if (x->dtype != KN_F32 || x->ndim != now->ndim || memcmp(x->shape, now->shape, (size_t)x->ndim * sizeof(int64_t))) {
             char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
             kn__error("kn_call %s: a fused operand is %s%s where the plan expected f32%s", name,
