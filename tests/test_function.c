@@ -724,8 +724,7 @@ Test(function, dump_kernels_prints_the_fused_loop_as_c) {
 /* Tiered compilation: the plan runs op by op until its kernels are ready,
  * then switches, with the same results throughout. */
 Test(function, async_compile_switches_to_fused_kernels) {
-    setenv("KN_COMPILE", "async", 1);
-    kn_fn *f = kn_function("chain", chain_body, NULL, 2, 2, NULL);
+    kn_fn *f = kn_function("chain", chain_body, NULL, 2, 2, &(kn_fn_opts){.compile = KN_COMPILE_ASYNC});
     kn_tensor *in[2] = {kn_randn(KN_SHAPE(4, 500), KN_F32), kn_randn(KN_SHAPE(4, 500), KN_F32)};
     kn_tensor *want[2], *got[2];
     chain_body(NULL, in, want);
@@ -764,5 +763,16 @@ Test(function, fused_chains_read_scalar_captures_at_each_call) {
     char *text = dump_of(f, kn_fn_dump);
     cr_assert(strstr(text, "fused<3 ops, last tanh>(%0, %2)"), "%s", text);
     free(text);
+    kn_fn_free(f);
+}
+
+Test(function, static_shapes_option_pins_plans) {
+    kn_tensor *w = kn_ones(KN_SHAPE(3), KN_F32), *out;
+    kn_fn *f = kn_function("scale", scale_body, w, 1, 1, &(kn_fn_opts){.static_shapes = true});
+    for (int64_t n = 5; n <= 7; n++)
+        cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_zeros(KN_SHAPE(n, 3), KN_F32)}, &out), 0);
+    cr_assert_eq(kn_call(f, (kn_tensor *[]){kn_zeros(KN_SHAPE(6, 3), KN_F32)}, &out), 0);
+    cr_assert_eq(kn_fn_stats(f).traces, 3, "one plan per exact shape");
+    cr_assert_eq(kn_fn_stats(f).hits, 1);
     kn_fn_free(f);
 }

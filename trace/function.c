@@ -247,14 +247,14 @@ static bool eager_env(void) { return kn__env(&eager_cache, "KN_EAGER", NULL) || 
 static bool shadow_env(void) { return kn__env(&shadow_cache, "KN_SHADOW", NULL); }
 static bool log_recompiles(void) { return kn__env(&log_cache, "KN_LOG", "recompiles"); }
 
-kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout, const void *opts) {
-    (void)opts;
+kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout, const kn_fn_opts *opts) {
     if (!name || !body) return kn__null_arg("kn_function");
     if (nin < 0 || nout < 1 || nin > 64 || nout > 64)
         return kn__error("kn_function %s: %d inputs and %d outputs (expected 0..64 and 1..64)", name, nin, nout);
     kn_fn *f = calloc(1, sizeof *f);
     if (!f) return kn__error("kn_function %s: out of memory", name);
     *f = (kn_fn){.name = name, .body = body, .ctx = ctx, .nin = nin, .nout = nout};
+    if (opts) f->opts = *opts;
     pthread_mutex_init(&f->lock, NULL);
     pthread_cond_init(&f->compiled, NULL);
     return f;
@@ -315,7 +315,7 @@ static void *compile_in_background(void *arg) {
 /* Fuses now, or (KN_COMPILE=async) starts the compile on a thread of its own. */
 static void fuse_plan(kn_fn *f, plan *pl, const int *outs) {
     const char *mode = getenv("KN_COMPILE");
-    if (!mode || strcmp(mode, "async") != 0) {
+    if (f->opts.compile != KN_COMPILE_ASYNC && (!mode || strcmp(mode, "async") != 0)) {
         kn__plan_fuse(pl, outs, f->nout);
         return;
     }
@@ -531,13 +531,14 @@ static int trace_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out, const uin
     }
     memcpy(pl.sig, sig, siglen);
     pl.siglen = siglen;
-    bool exact = tr->exact || force_exact || kn__env(&static_cache, "KN_STATIC_SHAPES", NULL);
+    bool exact = tr->exact || force_exact || f->opts.static_shapes || kn__env(&static_cache, "KN_STATIC_SHAPES", NULL);
     pl.symlen = exact ? siglen : symlen;
     if (exact && log_recompiles())
         fprintf(stderr, "kn_function %s: trace #%lld serves its exact shapes only (%s)\n", f->name,
                 (long long)f->stats.traces,
                 force_exact ? "symbolic sizes failed for these shapes"
-                : tr->exact ? "the body read sizes with kn_shape, kn_numel or kn_strides" : "KN_STATIC_SHAPES");
+                : tr->exact ? "the body read sizes with kn_shape, kn_numel or kn_strides"
+                            : "static_shapes or KN_STATIC_SHAPES");
     memcpy(pl.outs, outs, (size_t)f->nout * sizeof *outs);
     pl.id = ++f->next_id;
     fuse_plan(f, &pl, outs);

@@ -92,6 +92,7 @@ struct kn_fn {
     bool history[10];   /* whether each of the last 10 calls traced */
     int hpos;
     bool warned;
+    kn_fn_opts opts;
     uint64_t next_id;
     int compiling;      /* background compiles not finished (tiered compilation) */
     pthread_cond_t compiled;

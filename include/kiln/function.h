@@ -31,14 +31,22 @@ typedef struct kn_fn kn_fn;
 /* The body: reads in[0..nin), sets out[0..nout); returns 0, or nonzero on error. */
 typedef int (*kn_body)(void *ctx, kn_tensor *const *in, kn_tensor **out);
 
-/* Borrowed name and ctx must outlive the kn_fn. Returns a new kn_fn (free
- * with kn_fn_free), or NULL with an error. opts may be NULL (reserved). */
-kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout, const void *opts);
+typedef enum { KN_COMPILE_SYNC, KN_COMPILE_ASYNC } kn_compile_mode;
+typedef struct {
+    bool static_shapes;       /* plans serve only the exact shapes they were traced with */
+    kn_compile_mode compile;  /* ASYNC: run op by op until the fused kernels are compiled */
+} kn_fn_opts;
+
+/* Borrowed name and ctx must outlive the kn_fn. opts may be NULL (defaults:
+ * symbolic sizes, synchronous compiles; KN_STATIC_SHAPES=1 and
+ * KN_COMPILE=async set them for every function). Returns a new kn_fn (free
+ * with kn_fn_free), or NULL with an error. */
+kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout, const kn_fn_opts *opts);
 /* Runs f: sets out[0..nout) to new references (owned like op results), or
  * returns -1 with an error and sets none. */
 int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out);
 void kn_fn_free(kn_fn *f);  /* waits for its background compiles */
-/* With KN_COMPILE=async, a new plan runs op by op while a thread compiles its
+/* With KN_COMPILE_ASYNC (or KN_COMPILE=async), a new plan runs op by op while a thread compiles its
  * fused kernels, and switches to them when they are ready. This waits until
  * every compile started for f has finished. */
 void kn_fn_wait_compiled(kn_fn *f);
