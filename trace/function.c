@@ -314,8 +314,8 @@ static void *compile_in_background(void *arg) {
 
 /* Fuses now, or (KN_COMPILE=async) starts the compile on a thread of its own. */
 static void fuse_plan(kn_fn *f, plan *pl, const int *outs) {
-    const char *mode = getenv("KN_COMPILE");
-    if (f->opts.compile != KN_COMPILE_ASYNC && (!mode || strcmp(mode, "async") != 0)) {
+    static int async_env = -1;
+    if (f->opts.compile != KN_COMPILE_ASYNC && !kn__env(&async_env, "KN_COMPILE", "async")) {
         kn__plan_fuse(pl, outs, f->nout);
         return;
     }

@@ -214,10 +214,11 @@ done:
 }
 
 void kn__fuse_compile(kn_fuse_job *j) {
-    const char *dump = getenv("KN_DUMP");
+    static int dump_env = -1;
+    bool dump = kn__env(&dump_env, "KN_DUMP", "kernels");
     for (int i = 0; j && i < j->ngroups; i++) {
         fuse_group *g = &j->g[i];
-        if (dump && strstr(dump, "kernels")) print_kernel(stderr, j->name, g->steps, g->nsteps, g->ninputs);
+        if (dump) print_kernel(stderr, j->name, g->steps, g->nsteps, g->ninputs);
         if (!(g->k = kn__jit_elementwise(g->steps, g->nsteps, g->ninputs)))
             kn_clear_error();  /* no JIT for this chain: its nodes run one by one */
     }
