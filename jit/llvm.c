@@ -159,6 +159,7 @@ static void target_host(LLVMModuleRef m) {
                                              (unsigned)strlen(keys[i]));
         LLVMAddTargetDependentFunctionAttr(f, "target-cpu", host_cpu);
         LLVMAddTargetDependentFunctionAttr(f, "target-features", host_features);
+        LLVMAddTargetDependentFunctionAttr(f, "prefer-vector-width", "512");
     }
 }
 
