@@ -1,37 +1,84 @@
-/* jit/jit.h - the JIT's internal interface, free of LLVM headers.
+/* jit/jit.h - the kernel IR and the JIT's interface, free of LLVM headers.
  *
- * Elementwise chains over contiguous f32 arrays (jit/elementwise.c). A chain is a list of steps in SSA form: each step is an
- * input, a constant or an op on earlier steps; the last step is the result.
- * exp(x * 0.5f) over one input is
- *   {IN 0}, {CONST 0.5f}, {OP mul 0 1}, {OP exp 2}. */
+ * A kernel is a loop nest over an index space (the "domain") whose sizes and
+ * strides are arguments, so one compiled kernel serves every batch size.
+ * Operands are f32 arrays: inputs 0..nin-1, then outputs. Each is addressed
+ * with its own strides in the domain (0 along broadcast dims). The last dim
+ * is the inner loop; an operand's stride there is fixed at compile time:
+ * 1 (contiguous) or 0 (broadcast).
+ *
+ * The body is a list of phases over scalar expressions in SSA form (steps).
+ * A pointwise kernel (rows = false) has only STORE phases and its range
+ * counts elements of the domain. A row kernel (rows = true) runs its
+ * phases in order over each row (the last dim) and its range counts rows:
+ * a SUM or MAX phase reduces an expression over the row (and may store it),
+ * a later phase reads that result as an ACC step, and ROW_STORE writes an
+ * expression of ACCs once per row. softmax over a row is
+ *   steps: {IN 0}, {ACC 0}, {OP sub 0 1}, {OP exp 2}, {ACC 1}, {IN 1},
+ *          {CONST 1}, {OP div 6 4}, {OP mul 5 7}
+ *   phases: {MAX 0}, {SUM 3 -> out 1}, {STORE 8 -> out 1}
+ * (the exponentials are stored once, then scaled in place). */
 #ifndef KN_JIT_JIT_H
 #define KN_JIT_JIT_H
 
 #include "../core/internal.h"
 #include "../core/ops.h"
 
-/* KN_JIT_SCALAR reads element 0 of an input for every element: a 0-dim operand. */
-typedef enum { KN_JIT_INPUT, KN_JIT_CONST, KN_JIT_OP, KN_JIT_SCALAR } kn_jit_kind;
+typedef enum {
+    KN_JIT_INPUT,  /* operand `arg` at the current element */
+    KN_JIT_CONST,  /* value */
+    KN_JIT_OP,     /* op on steps a (and b) */
+    KN_JIT_ACC,    /* the result of reduction phase `arg` for this row */
+    KN_JIT_ROWLEN, /* the length of the last dim, as a float */
+} kn_jit_kind;
 
 typedef struct {
     kn_jit_kind kind;
-    int input;   /* KN_JIT_INPUT, KN_JIT_SCALAR: which input array */
-    float value; /* KN_JIT_CONST (compared by bits: -0 and NaN payloads count) */
-    kn_op op;    /* KN_JIT_OP: an elementwise op with a 1- or 2-argument f32 formula */
-    int a, b;    /* KN_JIT_OP: operand steps, earlier than this one; b for binary ops */
+    int arg;     /* INPUT: operand; ACC: phase */
+    float value; /* CONST (compared by bits: -0 and NaN payloads count) */
+    kn_op op;    /* OP: an elementwise op with a 1- or 2-argument f32 formula */
+    int a, b;    /* OP: operand steps, earlier than this one; b for binary ops */
 } kn_jit_step;
 
+typedef enum { KN_PHASE_STORE, KN_PHASE_SUM, KN_PHASE_MAX, KN_PHASE_ROW_STORE } kn_phase_kind;
+
+typedef struct {
+    kn_phase_kind kind;
+    int step; /* the expression */
+    int out;  /* STORE, ROW_STORE: operand written; SUM, MAX: also stored there when >= 0 */
+} kn_jit_phase;
+
 #define KN_JIT_MAX_STEPS 1024
-#define KN_JIT_MAX_INPUTS 64
+#define KN_JIT_MAX_OPERANDS 64
+#define KN_JIT_MAX_PHASES 16
 
-/* args: the ninputs input arrays, then the output array; computes elements
- * [begin, end). The arrays must not overlap the output. */
-typedef void (*kn_jit_kernel)(void **args, int64_t begin, int64_t end);
+typedef struct {
+    bool rows;
+    int nin, nout;
+    uint8_t inner[KN_JIT_MAX_OPERANDS]; /* per operand: its stride in the last dim, 0 or 1 */
+    const kn_jit_step *steps;
+    int nsteps;
+    const kn_jit_phase *phases;
+    int nphases;
+} kn_jit_desc;
 
-/* The kernel of a chain, compiled on first request and cached for the
- * process (the same chain returns the same code). NULL with a Kiln error
- * for an invalid chain or an LLVM failure. Thread-safe. */
-kn_jit_kernel kn__jit_elementwise(const kn_jit_step *steps, int nsteps, int ninputs);
+/* args[0..nin+nout) are the operands' data; args[nin+nout] points to the
+ * layout: {nd, size[0..nd), stride of operand 0 [0..nd), operand 1, ...}
+ * (strides in elements; nd >= 1). Computes elements (pointwise) or rows
+ * [begin, end) and returns 0. Outputs must not overlap inputs. */
+typedef int32_t (*kn_jit_kernel)(void **args, int64_t begin, int64_t end);
+
+/* The kernel of a description, compiled on first request and cached for
+ * the process and on disk (equal descriptions share code). NULL with a
+ * Kiln error for an invalid description or an LLVM failure. Thread-safe. */
+kn_jit_kernel kn__jit_kernel(const kn_jit_desc *d);
+
+/* Printers of the kernel IR (jit/print.c): the C a kernel computes, with
+ * the formulas of core/scalar.h (KN_DUMP=kernels), and CUDA C for the GPU
+ * backend (one thread per element, or one block per row). The CUDA text
+ * is malloc'ed; NULL on allocation failure. */
+void kn__jit_print_c(FILE *o, const kn_jit_desc *d, const char *name);
+char *kn__jit_cuda_source(const kn_jit_desc *d, const char *name);
 
 /* Calls a kernel. Call JIT'd code only through this: UBSan's function-type
  * check (-fsanitize=function) reads 8 bytes before the callee, which JIT'd
@@ -39,8 +86,8 @@ kn_jit_kernel kn__jit_elementwise(const kn_jit_step *steps, int nsteps, int ninp
 #ifdef __clang__
 __attribute__((no_sanitize("function")))
 #endif
-static inline void kn__jit_run(kn_jit_kernel k, void **args, int64_t begin, int64_t end) {
-    k(args, begin, end);
+static inline int32_t kn__jit_run(kn_jit_kernel k, void **args, int64_t begin, int64_t end) {
+    return k(args, begin, end);
 }
 
 /* The kernel cache on disk: object code under $KN_CACHE_DIR, else

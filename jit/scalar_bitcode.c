@@ -19,3 +19,16 @@ UNARY(sin) UNARY(cos) UNARY(erf) UNARY(gelu) UNARY(gelu_tanh)
 UNARY(neg) UNARY(abs) UNARY(relu)
 BINARY(add) BINARY(sub) BINARY(mul) BINARY(div) BINARY(pow)
 BINARY(maximum) BINARY(minimum)
+
+/* Kernels call this once per row: the offset of each of nops operands at
+ * row r, given the layout {nd, size[nd], strides of operand 0, ...} of
+ * jit/jit.h (r counts rows of the dims before the last, row-major). */
+void kn_jit_offsets(const long long *lay, int nops, long long r, long long *off) {
+    long long nd = lay[0];
+    for (int k = 0; k < nops; k++) off[k] = 0;
+    for (long long d = nd - 2; d >= 0; d--) {
+        long long size = lay[1 + d], i = r % size;
+        r /= size;
+        for (int k = 0; k < nops; k++) off[k] += i * lay[1 + nd + k * nd + d];
+    }
+}

@@ -2,6 +2,7 @@
  * contracts (capture by reference, in-place write-back, backward inside the
  * body, random streams, the data-read error) hold. */
 #include "helpers.h"
+#include <math.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -83,7 +84,22 @@ static const struct { const char *name; op1 f; } ops[] = {
     E(cross_entropy), E(nll), E(mse), E(conv), E(pool),
 };
 
-/* Every op: the tracing call and two replays equal eager bit for bit. */
+/* Plans fuse elementwise ops into kernels that evaluate the eager formulas
+ * (bit for bit) and lower row ops (softmax, layer_norm, sums over the last
+ * dim) to row kernels that sum in another order: those agree to rounding. */
+static bool is_elementwise(const char *name) {
+    for (size_t i = 0; i < sizeof ops / sizeof *ops && strcmp(ops[i].name, "sum"); i++)
+        if (!strcmp(ops[i].name, name)) return true;
+    return false;
+}
+
+static void assert_matches(const char *name, const kn_tensor *got, const kn_tensor *want) {
+    if (is_elementwise(name)) assert_equal(got, want);
+    else assert_close(got, want, 1e-5, 1e-6);
+}
+
+/* Every op: the tracing call and two replays equal eager (bit for bit for
+ * elementwise ops). */
 Test(function, every_op_matches_eager) {
     kn_tensor *in[2] = {kn_randn(KN_SHAPE(4, 6), KN_F32), kn_randn(KN_SHAPE(4, 6), KN_F32)};
     for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
@@ -95,7 +111,7 @@ Test(function, every_op_matches_eager) {
             kn_tensor *got;
             cr_assert_eq(kn_call(f, in, &got), 0, "%s call %d: %s", ops[i].name, call, kn_last_error());
             cr_log_info("%s call %d", ops[i].name, call);
-            assert_equal(got, want);
+            assert_matches(ops[i].name, got, want);
         }
         kn_fn_stats_t s = kn_fn_stats(f);
         cr_assert_eq(s.traces, 1, "%s traced %lld times", ops[i].name, (long long)s.traces);
@@ -118,10 +134,11 @@ static int grad_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
 
 Test(function, backward_inside_the_body_matches_eager) {
     op1 diff[sizeof ops / sizeof *ops];
+    const char *name[sizeof ops / sizeof *ops];
     size_t ndiff = 0;
     for (size_t i = 0; i < sizeof ops / sizeof *ops; i++)  /* every op with a gradient */
         if (strcmp(ops[i].name, "cmp") && strcmp(ops[i].name, "eqne") && strncmp(ops[i].name, "arg", 3))
-            diff[ndiff++] = ops[i].f;
+            name[ndiff] = ops[i].name, diff[ndiff++] = ops[i].f;
     for (size_t i = 0; i < ndiff; i++) {
         grad_ctx c = {diff[i], kn_set_requires_grad(kn_randn(KN_SHAPE(4, 6), KN_F32), true),
                       kn_randn(KN_SHAPE(4, 6), KN_F32)};
@@ -134,8 +151,9 @@ Test(function, backward_inside_the_body_matches_eager) {
         for (int call = 0; call < 3; call++) {
             kn_tensor *got;
             cr_assert_eq(kn_call(f, &w, &got), 0, "op %zu call %d: %s", i, call, kn_last_error());
-            assert_equal(got, want);
-            assert_equal(kn_grad(c.x), want);
+            cr_log_info("%s call %d", name[i], call);
+            assert_matches(name[i], got, want);
+            assert_matches(name[i], kn_grad(c.x), want);
         }
         cr_assert_eq(kn_fn_stats(f).traces, 1);
         kn_fn_free(f);
@@ -314,7 +332,10 @@ Test(function, training_step_matches_eager) {
     double eager[30], traced[30];
     train(false, eager, 30);
     train(true, traced, 30);
-    for (int s = 0; s < 30; s++) cr_assert_eq(traced[s], eager[s], "step %d: %.9g vs %.9g", s, traced[s], eager[s]);
+    /* the plan's softmax is a row kernel that sums in its own order: rounding apart */
+    for (int s = 0; s < 30; s++)
+        cr_assert_leq(fabs(traced[s] - eager[s]), 1e-5 * fabs(eager[s]), "step %d: %.9g vs %.9g", s, traced[s],
+                      eager[s]);
     cr_assert_lt(eager[29], 0.5 * eager[0], "the model learns");
 }
 
@@ -626,9 +647,10 @@ Test(function, symbolic_batch_sizes_match_eager) {
         kn_tensor *lt, *le;
         cr_assert_eq(kn_call(f, (kn_tensor *[]){x, y}, &lt), 0, "step %d: %s", s, kn_last_error());
         cr_assert_eq(train_step(&e, (kn_tensor *[]){x, y}, &le), 0);
-        cr_assert_eq(at(lt, 0), at(le, 0), "step %d (batch %lld)", s, (long long)batches[s]);
+        cr_assert_leq(fabs(at(lt, 0) - at(le, 0)), 1e-5 * fabs(at(le, 0)), "step %d (batch %lld)", s,
+                      (long long)batches[s]);
     }
-    for (int i = 0; i < 4; i++) assert_equal(pt[i], pe[i]);
+    for (int i = 0; i < 4; i++) assert_close(pt[i], pe[i], 1e-5, 1e-6);
     cr_assert_eq(kn_fn_stats(f).traces, 2, "the state-making first trace and one symbolic plan");
     kn_fn_free(f);
     for (int m = 0; m < 2; m++) {
@@ -689,12 +711,14 @@ Test(function, elementwise_chains_fuse_into_jit_kernels) {
         for (int call = 0; call < 2; call++) {
             cr_assert_eq(kn_call(f, in, got), 0, "%s", kn_last_error());
             assert_equal(got[0], want[0]);
-            assert_equal(got[1], want[1]);
+            /* a row kernel sums in its own order: n * eps * max|term| = 1000 * 6e-8 * 20 */
+            assert_close(got[1], want[1], 1e-5, 1e-3);
         }
     }
     cr_assert_eq(kn_fn_stats(f).traces, 1);
     char *text = dump_of(f, kn_fn_dump);
     cr_assert(strstr(text, "= fused<8 ops, last exp>(%0) f32[4,1000]"), "%s", text);
+    cr_assert(strstr(text, "= fused<2 ops, last sum>("), "%s", text);
     free(text);
     kn_fn_free(f);
 }
@@ -716,7 +740,7 @@ Test(function, dump_kernels_prints_the_fused_loop_as_c) {
     size_t got = fread(buf, 1, sizeof buf - 1, m);
     fclose(m);
     cr_assert_eq(rc, 0);
-    cr_assert(got > 0 && strstr(buf, "void kernel(void **args, int64_t begin, int64_t end)") &&
+    cr_assert(got > 0 && strstr(buf, "int32_t kernel(void **args, int64_t begin, int64_t end)") &&
               strstr(buf, "kn_s_tanh_f32(") && strstr(buf, "0.500000000f"), "%s", buf);
     kn_fn_free(f);
 }
@@ -731,16 +755,17 @@ Test(function, async_compile_switches_to_fused_kernels) {
     for (int call = 0; call < 3; call++) {  /* trace, then replays while compiling */
         cr_assert_eq(kn_call(f, in, got), 0, "%s", kn_last_error());
         assert_equal(got[0], want[0]);
-        assert_equal(got[1], want[1]);
+        assert_close(got[1], want[1], 1e-5, 1e-3);
     }
     kn_fn_wait_compiled(f);
     cr_assert_eq(kn_call(f, in, got), 0);
     assert_equal(got[0], want[0]);
-    assert_equal(got[1], want[1]);
+    assert_close(got[1], want[1], 1e-5, 1e-3);
     char *text = dump_of(f, kn_fn_dump);
     cr_assert(strstr(text, "fused<8 ops"), "%s", text);
     free(text);
-    cr_assert_eq(kn_fn_stats(f).nodes, 3, "fused, mul, sum (got %lld)", (long long)kn_fn_stats(f).nodes);
+    cr_assert_eq(kn_fn_stats(f).nodes, 2, "the chain, then mul and sum in a row kernel (got %lld)",
+                 (long long)kn_fn_stats(f).nodes);
     kn_fn_free(f);
 }
 

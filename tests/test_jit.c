@@ -46,11 +46,31 @@ static void jit_teardown(void) {
 TestSuite(jit, .init = jit_setup, .fini = jit_teardown);
 
 #define NOTNULL(t) cr_assert((t), "NULL: %s", kn_last_error() ? kn_last_error() : "(no error)")
-#define IN(k) {.kind = KN_JIT_INPUT, .input = (k)}
+#define IN(k) {.kind = KN_JIT_INPUT, .arg = (k)}
 #define C(v) {.kind = KN_JIT_CONST, .value = (v)}
 #define OP1(o, x) {.kind = KN_JIT_OP, .op = KN_OP_##o, .a = (x)}
 #define OP2(o, x, y) {.kind = KN_JIT_OP, .op = KN_OP_##o, .a = (x), .b = (y)}
 #define N (1 << 20)
+
+/* A pointwise kernel storing the last step of a chain over nin inputs. */
+static kn_jit_kernel chain_kernel(const kn_jit_step *s, int n, int nin) {
+    kn_jit_phase ph = {KN_PHASE_STORE, n - 1, nin};
+    kn_jit_desc d = {.nin = nin, .nout = 1, .steps = s, .nsteps = n, .phases = &ph, .nphases = 1};
+    for (int k = 0; k <= nin && k < KN_JIT_MAX_OPERANDS; k++) d.inner[k] = 1;
+    return kn__jit_kernel(&d);
+}
+
+/* Runs a kernel over n contiguous elements of nops operands, [begin, end). */
+static void run_1d(kn_jit_kernel k, void *const *ops, int nops, int64_t n, int64_t begin, int64_t end) {
+    void *args[KN_JIT_MAX_OPERANDS + 1];
+    int64_t lay[2 + KN_JIT_MAX_OPERANDS] = {1, n};
+    for (int i = 0; i < nops; i++) {
+        args[i] = ops[i];
+        lay[2 + i] = 1;
+    }
+    args[nops] = lay;
+    cr_assert_eq(kn__jit_run(k, args, begin, end), 0);
+}
 
 /* exp(relu(tanh(x*0.5+1)^2 - 0.25) * 3) */
 static const kn_jit_step chain_a[] = {
@@ -114,8 +134,8 @@ static kn_tensor *run_kernel(kn_jit_kernel k, kn_tensor *const *in, int nin, int
     void *args[4];
     for (int i = 0; i < nin; i++) args[i] = kn_data(in[i]);
     args[nin] = kn_data(out);
-    kn__jit_run(k, args, 0, split);
-    kn__jit_run(k, args, split, N);
+    run_1d(k, args, nin + 1, N, 0, split);
+    run_1d(k, args, nin + 1, N, split, N);
     return out;
 }
 
@@ -136,7 +156,7 @@ static void assert_bitwise(const kn_tensor *got, const kn_tensor *want) {
 
 static void check_chain(const kn_jit_step *s, int n, int nin, kn_tensor *want, kn_tensor *const *in) {
     NOTNULL(want);
-    kn_jit_kernel k = kn__jit_elementwise(s, n, nin);
+    kn_jit_kernel k = chain_kernel(s, n, nin);
     NOTNULL(k);
     assert_bitwise(run_kernel(k, in, nin, N), want);
 }
@@ -173,7 +193,7 @@ Test(jit, single_ops_bitwise_equal_eager) {
 /* The loop is vectorized and every formula inlined: the only calls left are
  * LLVM intrinsics (no libm, no formula functions). */
 Test(jit, kernel_is_vectorized_without_calls) {
-    NOTNULL(kn__jit_elementwise(chain_a, 13, 1));
+    NOTNULL(chain_kernel(chain_a, 13, 1));
     char *ir = kn__jit_last_ir();
     cr_assert(ir);
     cr_assert(strstr(ir, "<8 x float>") || strstr(ir, "<16 x float>"), "not vectorized:\n%s", ir);
@@ -188,15 +208,15 @@ Test(jit, kernel_is_vectorized_without_calls) {
 Test(jit, same_chain_compiles_once) {
     kn_jit_step s[] = {IN(0), C(-7.25f), OP2(mul, 0, 1), OP1(sigmoid, 2)};
     uint64_t before = kn__jit_compile_count();
-    kn_jit_kernel k1 = kn__jit_elementwise(s, 4, 1);
+    kn_jit_kernel k1 = chain_kernel(s, 4, 1);
     NOTNULL(k1);
     cr_assert_eq(kn__jit_compile_count(), before + 1);
-    s[1].input = 5; /* unused fields do not matter */
+    s[1].arg = 5; /* unused fields do not matter */
     s[3].b = 99;
-    cr_assert_eq(kn__jit_elementwise(s, 4, 1), k1);
+    cr_assert_eq(chain_kernel(s, 4, 1), k1);
     cr_assert_eq(kn__jit_compile_count(), before + 1);
     s[1].value = -7.0f; /* a different constant is a different chain */
-    kn_jit_kernel k2 = kn__jit_elementwise(s, 4, 1);
+    kn_jit_kernel k2 = chain_kernel(s, 4, 1);
     NOTNULL(k2);
     cr_assert_neq(k2, k1);
     cr_assert_eq(kn__jit_compile_count(), before + 2);
@@ -204,56 +224,56 @@ Test(jit, same_chain_compiles_once) {
 
 Test(jit, invalid_chains_give_errors) {
     kn_jit_step later[] = {IN(0), OP2(add, 0, 2), OP1(exp, 0)};
-    EXPECT_ERR(kn__jit_elementwise(later, 3, 1), "not an earlier step");
+    EXPECT_ERR(chain_kernel(later, 3, 1), "not an earlier step");
     kn_jit_step self[] = {IN(0), OP1(exp, 1)};
-    EXPECT_ERR(kn__jit_elementwise(self, 2, 1), "not an earlier step");
+    EXPECT_ERR(chain_kernel(self, 2, 1), "not an earlier step");
     kn_jit_step input[] = {IN(1)};
-    EXPECT_ERR(kn__jit_elementwise(input, 1, 1), "reads input 1 of 1");
+    EXPECT_ERR(chain_kernel(input, 1, 1), "reads an output no earlier phase wrote");
     kn_jit_step reduce[] = {IN(0), OP1(sum, 0)};
-    EXPECT_ERR(kn__jit_elementwise(reduce, 2, 1), "op sum is not");
+    EXPECT_ERR(chain_kernel(reduce, 2, 1), "op sum is not");
     kn_jit_step cmp[] = {IN(0), OP2(eq, 0, 0)}; /* elementwise, but no float formula */
-    EXPECT_ERR(kn__jit_elementwise(cmp, 2, 1), "op eq has no f32 formula");
+    EXPECT_ERR(chain_kernel(cmp, 2, 1), "op eq has no f32 formula");
     kn_jit_step clamp[] = {IN(0), OP1(clamp, 0)};
-    EXPECT_ERR(kn__jit_elementwise(clamp, 2, 1), "op clamp has no f32 formula");
+    EXPECT_ERR(chain_kernel(clamp, 2, 1), "op clamp has no f32 formula");
     kn_jit_step bad_op[] = {IN(0), {.kind = KN_JIT_OP, .op = (kn_op)9999, .a = 0}};
-    EXPECT_ERR(kn__jit_elementwise(bad_op, 2, 1), "unknown op");
+    EXPECT_ERR(chain_kernel(bad_op, 2, 1), "unknown op");
     kn_jit_step bad_kind[] = {{.kind = (kn_jit_kind)7}};
-    EXPECT_ERR(kn__jit_elementwise(bad_kind, 1, 0), "unknown kind");
-    EXPECT_ERR(kn__jit_elementwise(NULL, 3, 1), "1 to");
-    EXPECT_ERR(kn__jit_elementwise(input, 0, 1), "1 to");
-    EXPECT_ERR(kn__jit_elementwise(input, 1, -1), "inputs");
+    EXPECT_ERR(chain_kernel(bad_kind, 1, 0), "unknown kind");
+    EXPECT_ERR(chain_kernel(NULL, 3, 1), "1 to");
+    EXPECT_ERR(chain_kernel(input, 0, 1), "1 to");
+    EXPECT_ERR(chain_kernel(input, 1, -1), "operands");
     /* The JIT still works after the failures. */
     kn_clear_error();
-    NOTNULL(kn__jit_elementwise((kn_jit_step[]){IN(0), OP1(neg, 0)}, 2, 1));
+    NOTNULL(chain_kernel((kn_jit_step[]){IN(0), OP1(neg, 0)}, 2, 1));
 }
 
 Test(jit, split_ranges_give_the_same_result) {
     kn_tensor *x = test_values();
-    kn_jit_kernel k = kn__jit_elementwise(chain_a, 13, 1);
+    kn_jit_kernel k = chain_kernel(chain_a, 13, 1);
     NOTNULL(k);
     kn_tensor *whole = run_kernel(k, &x, 1, N);
     assert_bitwise(run_kernel(k, &x, 1, N / 2), whole);
     assert_bitwise(run_kernel(k, &x, 1, 12345), whole); /* unaligned split, odd tails */
     /* empty and reversed ranges write nothing */
     kn_tensor *out = kn_zeros(KN_SHAPE(N), KN_F32);
-    kn__jit_run(k, (void *[]){kn_data(x), kn_data(out)}, 5, 5);
-    kn__jit_run(k, (void *[]){kn_data(x), kn_data(out)}, 9, 3);
+    run_1d(k, (void *[]){kn_data(x), kn_data(out)}, 2, N, 5, 5);
+    run_1d(k, (void *[]){kn_data(x), kn_data(out)}, 2, N, 9, 3);
     cr_assert_eq(((float *)kn_data(out))[5], 0.0f);
 }
 
 /* A chain of constants only (no inputs) fills the output. */
 Test(jit, constant_chain) {
-    kn_jit_kernel k = kn__jit_elementwise((kn_jit_step[]){C(2.0f), OP1(sqrt, 0)}, 2, 0);
+    kn_jit_kernel k = chain_kernel((kn_jit_step[]){C(2.0f), OP1(sqrt, 0)}, 2, 0);
     NOTNULL(k);
     float out[37];
-    kn__jit_run(k, (void *[]){out}, 0, 37);
+    run_1d(k, (void *[]){out}, 1, 37, 0, 37);
     for (int i = 0; i < 37; i++) cr_assert_eq(out[i], sqrtf(2.0f));
 }
 
 /* Threads asking for the same new chain at once get one compile. */
 static void *compile_race(void *out) {
     kn_jit_step s[] = {IN(0), C(0.125f), OP2(pow, 0, 1), OP1(cos, 2)};
-    *(kn_jit_kernel *)out = kn__jit_elementwise(s, 4, 1);
+    *(kn_jit_kernel *)out = chain_kernel(s, 4, 1);
     return NULL;
 }
 
@@ -305,7 +325,7 @@ static int child_compile(const chain *cs, int ncs, int go) {
         char c;
         if (go >= 0 && read(go, &c, 1) < 0) _exit(101);
         for (int i = 0; i < ncs; i++)
-            if (!kn__jit_elementwise(cs[i].s, cs[i].n, cs[i].nin)) _exit(100);
+            if (!chain_kernel(cs[i].s, cs[i].n, cs[i].nin)) _exit(100);
         _exit((int)(10 * kn__jit_disk_hits() + kn__jit_compile_count()));
     }
     return pid;
@@ -423,8 +443,8 @@ Test(jit, shared_cache_dir_is_refused) {
     fflush(stderr);
     int saved = dup(2);
     cr_assert(saved >= 0 && dup2(fileno(err), 2) == 2);
-    kn_jit_kernel k1 = kn__jit_elementwise(chain_b, 15, 2);
-    kn_jit_kernel k2 = kn__jit_elementwise(chain_c, 7, 2);
+    kn_jit_kernel k1 = chain_kernel(chain_b, 15, 2);
+    kn_jit_kernel k2 = chain_kernel(chain_c, 7, 2);
     fflush(stderr);
     dup2(saved, 2);
     close(saved);

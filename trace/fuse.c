@@ -1,14 +1,31 @@
-/* Fusion: chains of f32 elementwise nodes become one JIT'd loop (jit/), so
- * their intermediates are never stored. The kernels evaluate the formulas of
- * core/scalar.h, so fused results are bitwise equal to eager ones. Only
- * same-shape operands and 0-dim constants are fused for now: broadcasting
- * and strided loads are the next step of the kernel IR. */
+/* Fusion: groups of f32 nodes of a plan become one JIT kernel each (kernel
+ * IR in jit/jit.h), so their intermediates are never stored.
+ *  - Elementwise chains with broadcasting over one domain (the result's
+ *    shape) become a pointwise kernel.
+ *  - softmax, log_softmax and layer_norm over the last dim, and sum, mean
+ *    and max over the last dim, become a row kernel, together with the
+ *    elementwise ops that feed them and consume them in the same domain
+ *    (the reduction's input shape).
+ * A node joins its consumer's group when that consumer is its only user, so
+ * only a group's last node (its root) is seen outside and the group runs at
+ * the root's place. Elementwise steps evaluate the formulas of
+ * core/scalar.h: fused elementwise results are bitwise equal to eager. */
 #include "ir.h"
 #include "../jit/jit.h"
 #include <stdlib.h>
 #include <string.h>
 
-static bool fusable_op(kn_op op) {
+/* What the kernel needs at call time, next to the node's operand ids. */
+struct kn_fused {
+    kn_jit_kernel k;
+    bool rows;
+    bool row_out;   /* the result is one value per row (a reduction) */
+    int nd;         /* the domain's rank at trace time */
+    int nin;
+    uint8_t inner[KN_JIT_MAX_OPERANDS];
+};
+
+static bool ew_op(kn_op op) {
     switch (op) {
     case KN_OP_exp: case KN_OP_log: case KN_OP_sqrt: case KN_OP_rsqrt: case KN_OP_tanh:
     case KN_OP_sigmoid: case KN_OP_sin: case KN_OP_cos: case KN_OP_erf: case KN_OP_gelu:
@@ -21,9 +38,19 @@ static bool fusable_op(kn_op op) {
     }
 }
 
-static bool same_type(const tvalue *a, const tvalue *b) {
-    return a->dtype == b->dtype && a->ndim == b->ndim &&
-           !memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof(int64_t)) && !memcmp(a->sym, b->sym, sizeof a->sym);
+static bool same_shape(const tvalue *a, const tvalue *b) {
+    return a->ndim == b->ndim && !memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof(int64_t)) &&
+           !memcmp(a->sym, b->sym, (size_t)a->ndim * sizeof a->sym[0]);
+}
+
+/* a broadcasts to b (right-aligned, a's dims equal to b's or 1). */
+static bool broadcasts_to(const tvalue *a, const tvalue *b) {
+    if (a->ndim > b->ndim) return false;
+    for (int d = 0; d < a->ndim; d++) {
+        int e = d + b->ndim - a->ndim;
+        if (a->shape[d] != 1 && (a->shape[d] != b->shape[e] || a->sym[d] != b->sym[e])) return false;
+    }
+    return true;
 }
 
 /* A 0-dim constant, as the f32 the eager op would convert it to. */
@@ -34,88 +61,212 @@ static bool scalar_const(const kn_trace *tr, int id, float *v) {
     return true;
 }
 
-/* A 0-dim value that is not a constant: read as element 0 of an input. */
-static bool scalar_value(const kn_trace *tr, int id) {
-    float c;
-    return id >= 0 && tr->vals[id].ndim == 0 && !scalar_const(tr, id, &c) && tr->vals[id].dtype != KN_BOOL;
+/* ---- which nodes fuse ---- */
+typedef enum { C_NONE, C_EW, C_ROW } nclass;
+
+static bool is_last_dim(const tnode *n, int ndim) { return ndim >= 1 && n->p.i[0] == (int64_t)1 << (ndim - 1); }
+
+/* A row op: softmax, log_softmax, layer_norm (one normalized dim) or a
+ * sum, mean or max over the last dim, of an f32 input. */
+static bool row_op(const kn_trace *tr, const tnode *n) {
+    const tvalue *x = &tr->vals[n->in[0]];
+    if (x->dtype != KN_F32 || x->ndim < 1) return false;
+    switch (n->op) {
+    case KN_OP_softmax: case KN_OP_log_softmax: return n->p.i[0] == x->ndim - 1;
+    case KN_OP_layer_norm:
+        for (int k = 1; k < n->nin; k++)
+            if (n->in[k] >= 0 && (tr->vals[n->in[k]].dtype != KN_F32 || tr->vals[n->in[k]].ndim != 1)) return false;
+        return n->p.i[0] == 1;
+    case KN_OP_sum: case KN_OP_mean: case KN_OP_max: return is_last_dim(n, x->ndim);
+    default: return false;
+    }
 }
 
-/* A node the JIT can evaluate: f32 out, operands of its own shape (f32),
- * scalar constants or 0-dim tensors, and no autograd graph needed from it at
- * call time. */
-static bool candidate(const kn_trace *tr, const tnode *n) {
-    if (n->kind != N_OP || !fusable_op(n->op) || n->out < 0) return false;
+static bool is_reduction(kn_op op) { return op == KN_OP_sum || op == KN_OP_mean || op == KN_OP_max; }
+
+/* A node the JIT can evaluate: f32 out, operands it can load (f32 values
+ * that broadcast to its domain, 0-dim values), and no autograd graph
+ * needed from it at call time. */
+static nclass classify(const kn_trace *tr, const tnode *n) {
+    if (n->kind != N_OP || n->out < 0 || n->nin < 1 || n->in[0] < 0) return C_NONE;
     const tvalue *o = &tr->vals[n->out];
-    if (o->dtype != KN_F32 || (o->requires_grad && !tr->has_backward)) return false;
+    if (o->dtype != KN_F32 || (o->requires_grad && !tr->has_backward)) return C_NONE;
+    if (row_op(tr, n)) return C_ROW;
+    if (!ew_op(n->op)) return C_NONE;
     for (int j = 0; j < n->nin; j++) {
-        float c;
-        if (n->in[j] < 0) return false;
-        if (!scalar_const(tr, n->in[j], &c) && !scalar_value(tr, n->in[j]) && !same_type(&tr->vals[n->in[j]], o))
-            return false;
+        const tvalue *x = n->in[j] >= 0 ? &tr->vals[n->in[j]] : NULL;
+        if (!x || x->dtype == KN_BOOL || (x->ndim > 0 && (x->dtype != KN_F32 || !broadcasts_to(x, o))))
+            return C_NONE;
     }
+    return C_EW;
+}
+
+/* The shape a node's kernel loops over. */
+static const tvalue *domain(const kn_trace *tr, const tnode *n, nclass c) {
+    return c == C_ROW ? &tr->vals[n->in[0]] : &tr->vals[n->out];
+}
+
+/* Whether producer m may join consumer i's group (m's value read by i). */
+static bool may_join(const kn_trace *tr, const tnode *m, nclass cm, const tnode *i, nclass ci) {
+    if (!same_shape(domain(tr, m, cm), domain(tr, i, ci))) return false;
+    /* a row value is read broadcast along the row: only with keepdim */
+    if (cm == C_ROW && is_reduction(m->op) && !m->p.i[1]) return false;
+    /* a row op of the consumer reads its main input per element; weights are inputs */
+    if (ci == C_ROW && i->in[0] != m->out) return false;
     return true;
 }
 
-/* KN_DUMP=kernels: the chain as the C it computes, with the formulas of
- * core/scalar.h (the kernel is the same loop in LLVM IR). */
-static void print_kernel(FILE *o, const char *name, const kn_jit_step *s, int nsteps, int ninputs) {
-    fprintf(o, "/* %s: fused kernel, %d steps */\nvoid kernel(void **args, int64_t begin, int64_t end) {\n", name,
-            nsteps);
-    for (int k = 0; k < ninputs; k++) fprintf(o, "    const float *restrict in%d = args[%d];\n", k, k);
-    fprintf(o, "    float *restrict out = args[%d];\n    for (int64_t i = begin; i < end; i++) {\n", ninputs);
-    for (int k = 0; k < nsteps; k++) {
-        fprintf(o, "        float v%d = ", k);
-        if (s[k].kind == KN_JIT_INPUT) fprintf(o, "in%d[i];\n", s[k].input);
-        else if (s[k].kind == KN_JIT_SCALAR) fprintf(o, "in%d[0];\n", s[k].input);
-        else if (s[k].kind == KN_JIT_CONST) fprintf(o, "%#.9gf;\n", (double)s[k].value);
-        else if (kn_op_table[s[k].op].arity == 2)
-            fprintf(o, "kn_s_%s_f32(v%d, v%d);\n", kn_op_table[s[k].op].name, s[k].a, s[k].b);
-        else
-            fprintf(o, "kn_s_%s_f32(v%d);\n", kn_op_table[s[k].op].name, s[k].a);
+/* ---- the layout of operands in the domain, shared by planning and calls ---- */
+
+/* Strides of each operand in the domain (0 along broadcast dims), then
+ * size-1 dims dropped and mergeable dims merged (never the last of a row
+ * kernel). shapes[k] is operand k's shape; a row result without keepdim
+ * has rank nd - 1 and gets a trailing 1. lay gets {nd, sizes, strides};
+ * inner[k] the stride class of the last dim. */
+static void layout(const int64_t *dom, int nd, int nops, const int64_t *const *shapes, const int *ranks,
+                   bool rows, int64_t *lay, uint8_t *inner) {
+    int64_t size[KN_MAX_DIMS], st[KN_JIT_MAX_OPERANDS][KN_MAX_DIMS], one = 1;
+    if (nd == 0) dom = &one, nd = 1;  /* a 0-dim domain is one element */
+    for (int k = 0; k < nops; k++) {
+        int64_t sh[KN_MAX_DIMS] = {1}, cs[KN_MAX_DIMS];
+        int r = ranks[k];
+        memcpy(sh, shapes[k], (size_t)r * sizeof *sh);
+        r += r == 0;  /* a 0-dim operand is one element, broadcast */
+        if (r == nd - 1 && rows) sh[r++] = 1;  /* a row result without keepdim */
+        kn__contig_strides(sh, r, cs);
+        for (int d = 0; d < nd; d++) {
+            int e = d - (nd - r);
+            st[k][d] = e >= 0 && sh[e] == dom[d] ? cs[e] : 0;
+        }
     }
-    fprintf(o, "        out[i] = v%d;\n    }\n}\n", nsteps - 1);
+    int m = 0;
+    for (int d = 0; d < nd; d++) {
+        bool last = d == nd - 1;
+        if (dom[d] == 1 && !(rows && last) && !(last && m == 0)) continue;
+        bool merge = m > 0 && !(rows && last);
+        for (int k = 0; merge && k < nops; k++) merge = st[k][m - 1] == st[k][d] * dom[d];
+        if (merge) {
+            size[m - 1] *= dom[d];
+            for (int k = 0; k < nops; k++) st[k][m - 1] = st[k][d];
+            continue;
+        }
+        size[m] = dom[d];
+        for (int k = 0; k < nops; k++) st[k][m] = st[k][d];
+        m++;
+    }
+    lay[0] = m;
+    for (int d = 0; d < m; d++) lay[1 + d] = size[d];
+    for (int k = 0; k < nops; k++) {
+        for (int d = 0; d < m; d++) lay[1 + m + k * m + d] = st[k][d];
+        inner[k] = st[k][m - 1] != 0;
+    }
 }
 
-static int find(int *parent, int i) {
-    while (parent[i] != i) i = parent[i] = parent[parent[i]];
-    return i;
+/* ---- lowering a group to the kernel IR ---- */
+typedef struct {
+    kn_jit_step *s;
+    int ns;
+    kn_jit_phase ph[KN_JIT_MAX_PHASES];
+    int np;
+    int *inputs, nin;   /* value ids of the kernel's inputs */
+    int *step_of;       /* per value: its step, or -1 */
+    bool *row_value;    /* per value: one value per row (an ACC expression) */
+    int out;            /* the output operand, once inputs are known: nin */
+    bool stored;        /* a softmax already keeps its exponentials in the output */
+    bool failed;
+} lower;
+
+static int step(lower *L, kn_jit_step s) {
+    if (L->ns == KN_JIT_MAX_STEPS) return L->failed = true, 0;
+    L->s[L->ns] = s;
+    return L->ns++;
+}
+static int op1(lower *L, kn_op op, int a) { return step(L, (kn_jit_step){.kind = KN_JIT_OP, .op = op, .a = a}); }
+static int op2(lower *L, kn_op op, int a, int b) {
+    return step(L, (kn_jit_step){.kind = KN_JIT_OP, .op = op, .a = a, .b = b});
+}
+static int cst(lower *L, float v) { return step(L, (kn_jit_step){.kind = KN_JIT_CONST, .value = v}); }
+static int acc(lower *L, int p) { return step(L, (kn_jit_step){.kind = KN_JIT_ACC, .arg = p}); }
+static int phase(lower *L, kn_phase_kind k, int s, int out) {
+    if (L->np == KN_JIT_MAX_PHASES) return L->failed = true, 0;
+    L->ph[L->np] = (kn_jit_phase){k, s, out};
+    return L->np++;
 }
 
-/* Appends the steps computing value id (recursively, members first). */
-static int emit(const kn_trace *tr, int id, const int *group, int g, kn_jit_step *steps, int *nsteps,
-                int *inputs, int *ninputs, int *memo) {
-    if (memo[id] >= 0) return memo[id];
-    const tvalue *v = &tr->vals[id];
-    kn_jit_step s = {0};
+/* The step of value id: a member's, a constant, or a new input. The
+ * output operand's index is not known yet: OUTPUT_MARK stands for it. */
+#define OUTPUT_MARK (-2)
+static int value(lower *L, const kn_trace *tr, int id) {
+    if (L->step_of[id] >= 0) return L->step_of[id];
     float c;
-    if (v->kind == V_NODE && group[v->index] == g) {
-        const tnode *n = &tr->nodes[v->index];
-        s.kind = KN_JIT_OP;
-        s.op = n->op;
-        s.a = emit(tr, n->in[0], group, g, steps, nsteps, inputs, ninputs, memo);
-        s.b = n->nin > 1 ? emit(tr, n->in[1], group, g, steps, nsteps, inputs, ninputs, memo) : 0;
-        if (s.a < 0 || s.b < 0) return -1;
-    } else if (scalar_const(tr, id, &c)) {
-        s.kind = KN_JIT_CONST;
-        s.value = c;
-    } else {
-        if (*ninputs == KN_JIT_MAX_INPUTS) return -1;
-        s.kind = scalar_value(tr, id) ? KN_JIT_SCALAR : KN_JIT_INPUT;
-        s.input = *ninputs;
-        inputs[(*ninputs)++] = id;
-    }
-    if (*nsteps == KN_JIT_MAX_STEPS) return -1;
-    steps[*nsteps] = s;
-    return memo[id] = (*nsteps)++;
+    if (scalar_const(tr, id, &c)) return L->step_of[id] = cst(L, c);
+    if (L->nin == KN_JIT_MAX_OPERANDS - 1) return L->failed = true, 0;
+    L->inputs[L->nin] = id;
+    return L->step_of[id] = step(L, (kn_jit_step){.kind = KN_JIT_INPUT, .arg = L->nin++});
 }
 
-/* One chain to fuse: its root node, members and the JIT steps. */
+static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
+    int x = value(L, tr, n->in[0]);
+    int r;
+    if (!row_op(tr, n) || n->kind != N_OP) {
+        r = kn_op_table[n->op].arity == 2 ? op2(L, n->op, x, value(L, tr, n->in[1])) : op1(L, n->op, x);
+        L->row_value[n->out] = false;
+        L->step_of[n->out] = r;
+        return;
+    }
+    int one = cst(L, 1.0f);
+    switch (n->op) {
+    case KN_OP_softmax: {
+        int m = acc(L, phase(L, KN_PHASE_MAX, x, -1));
+        int e = op1(L, KN_OP_exp, op2(L, KN_OP_sub, x, m));
+        /* keep the exponentials in the output and scale them in place: one exp per element */
+        bool keep = !L->stored;
+        L->stored = true;
+        int s = acc(L, phase(L, KN_PHASE_SUM, e, keep ? OUTPUT_MARK : -1));
+        int ev = keep ? step(L, (kn_jit_step){.kind = KN_JIT_INPUT, .arg = OUTPUT_MARK}) : e;
+        r = op2(L, KN_OP_mul, ev, op2(L, KN_OP_div, one, s));
+        break;
+    }
+    case KN_OP_log_softmax: {
+        int m = acc(L, phase(L, KN_PHASE_MAX, x, -1));
+        int d = op2(L, KN_OP_sub, x, m);
+        int s = acc(L, phase(L, KN_PHASE_SUM, op1(L, KN_OP_exp, d), -1));
+        r = op2(L, KN_OP_sub, d, op1(L, KN_OP_log, s));
+        break;
+    }
+    case KN_OP_layer_norm: {
+        int len = step(L, (kn_jit_step){.kind = KN_JIT_ROWLEN});
+        int mean = op2(L, KN_OP_div, acc(L, phase(L, KN_PHASE_SUM, x, -1)), len);
+        int d = op2(L, KN_OP_sub, x, mean);
+        int var = op2(L, KN_OP_div, acc(L, phase(L, KN_PHASE_SUM, op2(L, KN_OP_mul, d, d), -1)), len);
+        int rstd = op2(L, KN_OP_div, one, op1(L, KN_OP_sqrt, op2(L, KN_OP_add, var, cst(L, (float)n->p.d[0]))));
+        r = op2(L, KN_OP_mul, d, rstd);
+        if (n->nin > 1 && n->in[1] >= 0) r = op2(L, KN_OP_mul, r, value(L, tr, n->in[1]));
+        if (n->nin > 2 && n->in[2] >= 0) r = op2(L, KN_OP_add, r, value(L, tr, n->in[2]));
+        break;
+    }
+    default: { /* sum, mean, max over the row */
+        int a = acc(L, phase(L, n->op == KN_OP_max ? KN_PHASE_MAX : KN_PHASE_SUM, x, -1));
+        r = n->op == KN_OP_mean ? op2(L, KN_OP_div, a, step(L, (kn_jit_step){.kind = KN_JIT_ROWLEN})) : a;
+        L->row_value[n->out] = true;
+        L->step_of[n->out] = r;
+        return;
+    }
+    }
+    L->row_value[n->out] = false;
+    L->step_of[n->out] = r;
+}
+
+/* ---- planning ---- */
+
+/* One group to fuse: its root node, members, and the kernel description. */
 typedef struct {
     int root, members;
     kn_jit_step *steps;
-    int nsteps, ninputs;
-    int *inputs;        /* value ids of the kernel's operands */
-    kn_jit_kernel k;
+    kn_jit_phase phases[KN_JIT_MAX_PHASES];
+    kn_jit_desc desc;
+    int *inputs;        /* value ids of the kernel's inputs */
+    struct kn_fused *f;
 } fuse_group;
 
 struct kn_fuse_job {
@@ -131,11 +282,70 @@ void kn__fuse_job_free(kn_fuse_job *j) {
     for (int i = 0; i < j->ngroups; i++) {
         free(j->g[i].steps);
         free(j->g[i].inputs);
+        free(j->g[i].f);
     }
     free(j->g);
     free(j->group);
     free(j->name);
     free(j);
+}
+
+static int find(int *parent, int i) {
+    while (parent[i] != i) i = parent[i] = parent[parent[i]];
+    return i;
+}
+
+/* Lowers the group rooted at node root into g; false if it does not fit. */
+static bool plan_group(const kn_trace *tr, const int *group, int root, const nclass *cls, fuse_group *g,
+                       lower *L) {
+    L->ns = L->np = L->nin = 0;
+    L->failed = false;
+    /* a softmax keeps its exponentials in an element-wise result only */
+    L->stored = is_reduction(tr->nodes[root].op);
+    for (int v = 0; v < tr->nvals; v++) L->step_of[v] = -1;
+    bool rows = false;
+    for (int k = 0; k <= root && !L->failed; k++)
+        if (group[k] == root) {
+            rows |= cls[k] == C_ROW;
+            lower_node(L, tr, &tr->nodes[k]);
+        }
+    const tnode *rn = &tr->nodes[root];
+    bool row_out = L->row_value[rn->out];
+    int out_step = L->step_of[rn->out];
+    phase(L, row_out ? KN_PHASE_ROW_STORE : KN_PHASE_STORE, out_step, OUTPUT_MARK);
+    if (L->failed) return false;
+    for (int i = 0; i < L->ns; i++)
+        if (L->s[i].kind == KN_JIT_INPUT && L->s[i].arg == OUTPUT_MARK) L->s[i].arg = L->nin;
+    for (int p = 0; p < L->np; p++)
+        if (L->ph[p].out == OUTPUT_MARK) L->ph[p].out = L->nin;
+
+    /* inner stride classes from the trace-time shapes */
+    const tvalue *dom = domain(tr, rn, cls[root]);
+    for (int k = 0; k < tr->nnodes; k++)
+        if (group[k] == root && cls[k] == C_ROW) dom = domain(tr, &tr->nodes[k], C_ROW);
+    const int64_t *shapes[KN_JIT_MAX_OPERANDS];
+    int ranks[KN_JIT_MAX_OPERANDS];
+    for (int k = 0; k < L->nin; k++) {
+        shapes[k] = tr->vals[L->inputs[k]].shape;
+        ranks[k] = tr->vals[L->inputs[k]].ndim;
+    }
+    shapes[L->nin] = tr->vals[rn->out].shape;
+    ranks[L->nin] = tr->vals[rn->out].ndim;
+    int64_t lay[1 + KN_MAX_DIMS * (KN_JIT_MAX_OPERANDS + 1)];
+    if (!(g->f = calloc(1, sizeof *g->f))) return false;
+    *g->f = (struct kn_fused){.rows = rows, .row_out = row_out, .nd = dom->ndim, .nin = L->nin};
+    layout(dom->shape, dom->ndim, L->nin + 1, shapes, ranks, rows, lay, g->f->inner);
+
+    g->steps = malloc((size_t)L->ns * sizeof *g->steps);
+    g->inputs = malloc(((size_t)L->nin + 1) * sizeof *g->inputs);
+    if (!g->steps || !g->inputs) return false;
+    memcpy(g->steps, L->s, (size_t)L->ns * sizeof *L->s);
+    memcpy(g->inputs, L->inputs, (size_t)L->nin * sizeof *L->inputs);
+    memcpy(g->phases, L->ph, (size_t)L->np * sizeof *L->ph);
+    g->desc = (kn_jit_desc){.rows = rows, .nin = L->nin, .nout = 1, .steps = g->steps, .nsteps = L->ns,
+                            .phases = g->phases, .nphases = L->np};
+    memcpy(g->desc.inner, g->f->inner, sizeof g->desc.inner);
+    return true;
 }
 
 kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
@@ -145,62 +355,69 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
     int n = tr->nnodes;
     kn_fuse_job *j = calloc(1, sizeof *j);
     int *uses = calloc((size_t)tr->nvals + 1, sizeof *uses), *parent = malloc(((size_t)n + 1) * sizeof *parent);
-    int *memo = malloc(((size_t)tr->nvals + 1) * sizeof *memo);
-    kn_jit_step *steps = malloc(KN_JIT_MAX_STEPS * sizeof *steps);
+    nclass *cls = malloc(((size_t)n + 1) * sizeof *cls);
+    lower L = {.s = malloc(KN_JIT_MAX_STEPS * sizeof *L.s),
+               .inputs = malloc(KN_JIT_MAX_OPERANDS * sizeof *L.inputs),
+               .step_of = malloc(((size_t)tr->nvals + 1) * sizeof *L.step_of),
+               .row_value = calloc((size_t)tr->nvals + 1, sizeof *L.row_value)};
     if (j) {
         j->group = malloc(((size_t)n + 1) * sizeof *j->group);
         j->g = calloc((size_t)n + 1, sizeof *j->g);
         j->name = strdup(tr->name);
         j->nnodes = n;
     }
-    if (!j || !j->group || !j->g || !j->name || !uses || !parent || !memo || !steps) {
+    if (!j || !j->group || !j->g || !j->name || !uses || !parent || !cls || !L.s || !L.inputs || !L.step_of ||
+        !L.row_value) {
         kn__fuse_job_free(j);
         j = NULL;
         goto done;
     }
-    for (int i = 0; i < n; i++)  /* consumers: x*x uses x in one node */
+    for (int i = 0; i < n; i++) {  /* consumers: x*x uses x in one node */
+        cls[i] = classify(tr, &tr->nodes[i]);
         for (int k = 0; k < tr->nodes[i].nin; k++) {
             int id = tr->nodes[i].in[k];
             bool again = false;
             for (int q = 0; q < k; q++) again |= tr->nodes[i].in[q] == id;
             if (id >= 0 && !again) uses[id]++;
         }
+    }
     for (int k = 0; k < nout; k++) uses[outs[k]] += 2;  /* an output is never an internal value */
     for (int i = 0; i < n; i++) parent[i] = i;
-    /* A candidate joins the group of its consumer when it is that consumer's only input from it. */
+    /* A node joins the group of its consumer when that consumer is its only user. */
     for (int i = 0; i < n; i++) {
         const tnode *c = &tr->nodes[i];
-        if (!candidate(tr, c)) continue;
+        if (cls[i] == C_NONE) continue;
         for (int k = 0; k < c->nin; k++) {
             int id = c->in[k];
-            if (tr->vals[id].kind != V_NODE || uses[id] != 1) continue;
+            if (id < 0 || tr->vals[id].kind != V_NODE || uses[id] != 1) continue;
             int m = tr->vals[id].index;
-            if (!candidate(tr, &tr->nodes[m])) continue;
+            if (cls[m] == C_NONE || !may_join(tr, &tr->nodes[m], cls[m], c, cls[i])) continue;
             int ra = find(parent, m), rb = find(parent, i);
             if (ra != rb) parent[ra] = rb;
         }
     }
-    for (int i = 0; i < n; i++) j->group[i] = candidate(tr, &tr->nodes[i]) ? find(parent, i) : -1;
+    for (int i = 0; i < n; i++) j->group[i] = cls[i] != C_NONE ? find(parent, i) : -1;
     for (int i = 0; i < n; i++) {
         /* The group's last member is its root: the value the rest feeds. */
         if (j->group[i] != i) continue;
-        int members = 0;
-        for (int k = 0; k < n; k++) members += j->group[k] == i;
-        if (members < 2) continue;
+        int members = 0, rowops = 0;
+        for (int k = 0; k < n; k++)
+            if (j->group[k] == i) {
+                members++;
+                rowops += cls[k] == C_ROW && !is_reduction(tr->nodes[k].op);
+            }
+        /* a lone elementwise op or reduction gains nothing over its eager loop */
+        if (members < 2 && !rowops) continue;
         fuse_group *g = &j->g[j->ngroups];
-        int inputs[KN_JIT_MAX_INPUTS];
-        for (int v = 0; v < tr->nvals; v++) memo[v] = -1;
-        g->nsteps = g->ninputs = 0;
-        if (emit(tr, tr->nodes[i].out, j->group, i, steps, &g->nsteps, inputs, &g->ninputs, memo) < 0) continue;
-        g->steps = malloc((size_t)g->nsteps * sizeof *g->steps);
-        g->inputs = malloc(((size_t)g->ninputs + 1) * sizeof *g->inputs);
-        if (!g->steps || !g->inputs) {
+        if (!plan_group(tr, j->group, i, cls, g, &L)) {
             free(g->steps);
             free(g->inputs);
+            free(g->f);
+            *g = (fuse_group){0};
+            for (int k = 0; k < n; k++)
+                if (j->group[k] == i) j->group[k] = -1;
             continue;
         }
-        memcpy(g->steps, steps, (size_t)g->nsteps * sizeof *steps);
-        memcpy(g->inputs, inputs, (size_t)g->ninputs * sizeof *inputs);
         g->root = i;
         g->members = members;
         j->ngroups++;
@@ -208,8 +425,11 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
 done:
     free(uses);
     free(parent);
-    free(memo);
-    free(steps);
+    free(cls);
+    free(L.s);
+    free(L.inputs);
+    free(L.step_of);
+    free(L.row_value);
     return j;
 }
 
@@ -218,9 +438,9 @@ void kn__fuse_compile(kn_fuse_job *j) {
     bool dump = kn__env(&dump_env, "KN_DUMP", "kernels");
     for (int i = 0; j && i < j->ngroups; i++) {
         fuse_group *g = &j->g[i];
-        if (dump) print_kernel(stderr, j->name, g->steps, g->nsteps, g->ninputs);
-        if (!(g->k = kn__jit_elementwise(g->steps, g->nsteps, g->ninputs)))
-            kn_clear_error();  /* no JIT for this chain: its nodes run one by one */
+        if (dump) kn__jit_print_c(stderr, &g->desc, j->name);
+        if (!(g->f->k = kn__jit_kernel(&g->desc)))
+            kn_clear_error();  /* no JIT for this group: its nodes run one by one */
     }
 }
 
@@ -233,16 +453,17 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
     }
     for (int i = 0; i < j->ngroups; i++) {
         fuse_group *g = &j->g[i];
-        if (!g->k) continue;
+        if (!g->f->k) continue;
         tnode *root = &tr->nodes[g->root];
         for (int k = 0; k < tr->nnodes; k++)
             if (j->group[k] == g->root && k != g->root) dead[k] = true;
         free(root->in);
         root->in = g->inputs;  /* handed over */
         g->inputs = NULL;
-        root->nin = g->ninputs;
+        root->nin = g->desc.nin;
         root->kind = N_FUSED;
-        root->kernel = g->k;
+        root->fused = g->f;
+        g->f = NULL;
         root->nfused = g->members;
     }
     kn__plan_compact(pl, dead, outs, nout);  /* drops the fused members */
@@ -254,4 +475,81 @@ void kn__plan_fuse(plan *pl, const int *outs, int nout) {
     kn__fuse_compile(j);
     kn__fuse_apply(pl, j, outs, nout);
     kn__fuse_job_free(j);
+}
+
+/* ---- running a fused node ---- */
+typedef struct {
+    kn_jit_kernel k;
+    void **args;
+    bool failed;
+} run_ctx;
+
+static void run_range(void *p, int64_t begin, int64_t end) {
+    run_ctx *c = p;
+    if (kn__jit_run(c->k, c->args, begin, end) != 0) c->failed = true;
+}
+
+kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args) {
+    const struct kn_fused *f = n->fused;
+    void *ptrs[KN_JIT_MAX_OPERANDS + 1];
+    kn_tensor *dense[KN_JIT_MAX_OPERANDS] = {0}, *r = NULL;
+    const int64_t *shapes[KN_JIT_MAX_OPERANDS];
+    int ranks[KN_JIT_MAX_OPERANDS];
+    /* the domain: every operand broadcast together (and the result, unless one per row) */
+    int64_t dom[KN_MAX_DIMS];
+    int nd = f->row_out ? 0 : now->ndim;
+    if (!f->row_out) memcpy(dom, now->shape, (size_t)nd * sizeof *dom);
+    for (int j = 0; j < n->nin; j++) {
+        kn_tensor *x = args[j];
+        if (x->ndim == 0) {  /* a scalar operand, as f32 the way the op converts it */
+            if (!(dense[j] = x->dtype == KN_F32 ? kn__ret(x) : kn_cast(x, KN_F32))) goto done;
+        } else if (x->dtype != KN_F32) {
+            kn__error("kn_call %s: a fused operand is %s where the plan expected f32", name, kn_dtype_name(x->dtype));
+            goto done;
+        } else if (!(dense[j] = kn_is_contiguous(x) ? kn__ret(x) : kn_contiguous(x))) {
+            goto done;
+        }
+        ptrs[j] = kn__ptr(dense[j]);
+        shapes[j] = dense[j]->shape;
+        ranks[j] = dense[j]->ndim;
+        if (!kn__broadcast_shape(dom, nd, x->shape, x->ndim, dom, &nd)) {
+            kn__error("kn_call %s: fused operands no longer broadcast together", name);
+            goto done;
+        }
+    }
+    if (nd != f->nd) {
+        char b0[KN_SHAPE_BUF];
+        kn__error("kn_call %s: a fused kernel's domain is %s where the plan expected rank %d", name,
+                  kn__shape_str(dom, nd, b0), f->nd);
+        goto done;
+    }
+    if (!(r = kn__alloc(now->shape, now->ndim, KN_F32))) goto done;
+    /* a row kernel runs for every row, even empty ones (a sum of nothing is 0) */
+    int64_t count = f->rows ? kn__numel(dom, nd - 1) : kn__numel(dom, nd);
+    if (count > 0 && kn__numel(r->shape, r->ndim) > 0) {
+        ptrs[n->nin] = kn__ptr(r);
+        shapes[n->nin] = r->shape;
+        ranks[n->nin] = r->ndim;
+        int64_t lay[1 + KN_MAX_DIMS * (KN_JIT_MAX_OPERANDS + 1)];
+        uint8_t inner[KN_JIT_MAX_OPERANDS];
+        layout(dom, nd, n->nin + 1, shapes, ranks, f->rows, lay, inner);
+        if (memcmp(inner, f->inner, (size_t)n->nin + 1)) {
+            kn__error("kn_call %s: a fused kernel's operands changed which dims broadcast", name);
+            kn__drop(r);
+            r = NULL;
+            goto done;
+        }
+        ptrs[n->nin + 1] = lay;
+        int64_t len = lay[lay[0]], per = f->rows && len > 0 ? len : 1;
+        run_ctx c = {f->k, ptrs, false};
+        kn__parallel_for(count, (1 << 14) / per > 0 ? (1 << 14) / per : 1, run_range, &c);
+        if (c.failed) {
+            kn__error("kn_call %s: a fused kernel failed", name);
+            kn__drop(r);
+            r = NULL;
+        }
+    }
+done:
+    for (int j = 0; j < n->nin; j++) kn__drop(dense[j]);
+    return r;
 }

@@ -38,7 +38,7 @@ typedef struct {
     int out;            /* N_OP, N_COND: value id of the (first) result */
     int nout;           /* N_COND: results, at value ids out .. out + nout - 1 */
     struct plan *branch[2]; /* N_COND: then, else; inputs are in[1..] */
-    void (*kernel)(void **, int64_t, int64_t); /* N_FUSED: a JIT'd elementwise chain over in[] */
+    struct kn_fused *fused; /* N_FUSED: the JIT'd kernel over in[] (trace/fuse.c; owned) */
     int nfused;         /* N_FUSED: ops it replaced (op is the last) */
 } tnode;
 
@@ -118,6 +118,8 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout);
 void kn__fuse_compile(kn_fuse_job *j);
 void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout);
 void kn__fuse_job_free(kn_fuse_job *j);
+/* Runs an N_FUSED node on its operands: the result, or NULL with an error. */
+kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args);
 /* Runs one recorded op on actual tensors. */
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);
 /* kn__run_plan's result when a value's shape broke the symbolic sizes

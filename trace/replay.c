@@ -2,7 +2,6 @@
  * ops, freeing each value after its last use. */
 #include "ir.h"
 #include "../eager/conv.h"
-#include "../jit/jit.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,43 +77,6 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
     }
 }
 
-typedef struct { kn_jit_kernel k; void **args; } fused_ctx;
-
-static void fused_range(void *p, int64_t begin, int64_t end) {
-    fused_ctx *c = p;
-    kn__jit_run(c->k, c->args, begin, end);
-}
-
-/* A fused chain: dense f32 operands of the result's shape, one new result. */
-static kn_tensor *run_fused(const char *name, const tnode *n, const tvalue *now, kn_tensor **args) {
-    void *ptrs[KN_JIT_MAX_INPUTS + 1];
-    kn_tensor *dense[KN_JIT_MAX_INPUTS] = {0}, *r = NULL;
-    for (int j = 0; j < n->nin; j++) {
-        kn_tensor *x = args[j];
-        if (x->ndim == 0 && now->ndim > 0) {  /* a scalar operand, as f32 the way the op converts it */
-            if (!(dense[j] = x->dtype == KN_F32 ? kn__ret(x) : kn_cast(x, KN_F32))) goto done;
-            ptrs[j] = kn__ptr(dense[j]);
-            continue;
-        }
-        if (x->dtype != KN_F32 || x->ndim != now->ndim || memcmp(x->shape, now->shape, (size_t)x->ndim * sizeof(int64_t))) {
-            char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
-            kn__error("kn_call %s: a fused operand is %s%s where the plan expected f32%s", name,
-                      kn_dtype_name(x->dtype), kn__shape_str(x->shape, x->ndim, b0),
-                      kn__shape_str(now->shape, now->ndim, b1));
-            goto done;
-        }
-        if (!(dense[j] = kn_contiguous(x))) goto done;
-        ptrs[j] = kn__ptr(dense[j]);
-    }
-    if (!(r = kn__alloc(now->shape, now->ndim, KN_F32))) goto done;
-    ptrs[n->nin] = kn__ptr(r);
-    fused_ctx c = {n->kernel, ptrs};
-    kn__parallel_for(kn__tnumel(r), 1 << 14, fused_range, &c);
-done:
-    for (int j = 0; j < n->nin; j++) kn__drop(dense[j]);
-    return r;
-}
-
 static int64_t bytes_of(const kn_tensor *t) { return t ? kn__tnumel(t) * (int64_t)kn_dtype_size(t->dtype) : 0; }
 
 /* tv's shape at this call: its symbolic dims take the inputs' sizes. */
@@ -152,7 +114,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
         case N_FUSED: {
             tvalue now = tr->vals[n->out];
             shape_now(&now, in, now.shape);
-            kn_tensor *r = v[n->out] = n->kind == N_FUSED ? run_fused(name, n, &now, args) : kn__op_call(n, &now, args);
+            kn_tensor *r = v[n->out] = n->kind == N_FUSED ? kn__fused_run(name, n, &now, args) : kn__op_call(n, &now, args);
             if (r && (r->ndim != now.ndim || memcmp(r->shape, now.shape, (size_t)now.ndim * sizeof(int64_t)))) {
                 char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
                 kn__error("kn_call %s: node %%%d = %s gave %s where the plan expected %s%s", name, n->out,

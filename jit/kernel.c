@@ -1,0 +1,456 @@
+/* Kernels from the kernel IR (jit/jit.h): each phase becomes a loop over
+ * the inner dim that calls the linked formulas kn_jit_<op>_f32, which
+ * inline, so O3 vectorizes it with no intermediate arrays. Sums reassociate
+ * (and vectorize); max reductions use llvm.maximum, which propagates NaN
+ * like kn_max. */
+#include "llvm.h"
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the memory cache: description (normalized to words) -> kernel; the
+ * same words key the disk cache (jit/llvm.c) ---- */
+typedef struct entry {
+    struct entry *next;
+    uint64_t hash;
+    size_t nwords;
+    uint32_t *words;
+    kn_jit_kernel fn;
+} entry;
+
+#define NBUCKETS 256
+static entry *buckets[NBUCKETS];
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER; /* held while compiling */
+
+static uint32_t float_bits(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+/* Fixed-size records with unused fields zeroed, so equal descriptions give
+ * equal words whatever the caller left in the fields a step does not use. */
+static uint32_t *normalize(const kn_jit_desc *d, size_t *nwords) {
+    int nops = d->nin + d->nout;
+    *nwords = 6 + (size_t)nops + 4 * (size_t)d->nsteps + 3 * (size_t)d->nphases;
+    uint32_t *w = calloc(*nwords, sizeof *w), *x = w;
+    if (!w) return NULL;
+    *x++ = 2; /* the IR's version: bump when codegen changes meaning */
+    *x++ = d->rows;
+    *x++ = (uint32_t)d->nin;
+    *x++ = (uint32_t)d->nout;
+    *x++ = (uint32_t)d->nsteps;
+    *x++ = (uint32_t)d->nphases;
+    for (int k = 0; k < nops; k++) *x++ = d->inner[k];
+    for (int i = 0; i < d->nsteps; i++, x += 4) {
+        const kn_jit_step *s = &d->steps[i];
+        x[0] = (uint32_t)s->kind;
+        if (s->kind == KN_JIT_INPUT || s->kind == KN_JIT_ACC) x[1] = (uint32_t)s->arg;
+        if (s->kind == KN_JIT_CONST) x[1] = float_bits(s->value);
+        if (s->kind == KN_JIT_OP) {
+            x[1] = (uint32_t)s->op;
+            x[2] = (uint32_t)s->a;
+            x[3] = kn_op_table[s->op].arity == 2 ? (uint32_t)s->b : 0;
+        }
+    }
+    for (int p = 0; p < d->nphases; p++, x += 3) {
+        x[0] = (uint32_t)d->phases[p].kind;
+        x[1] = (uint32_t)d->phases[p].step;
+        x[2] = (uint32_t)d->phases[p].out;
+    }
+    return w;
+}
+
+static uint64_t fnv1a(const uint32_t *w, size_t n) {
+    uint64_t h = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < n; i++)
+        for (int k = 0; k < 4; k++) h = (h ^ ((w[i] >> (8 * k)) & 0xff)) * 0x100000001b3u;
+    return h;
+}
+
+/* ---- validation: everything but the availability of formulas ---- */
+
+/* Marks the steps phase p reads; on a step it may not read, sets *bad and
+ * *why. A row store reads no elements; an ACC must be an earlier
+ * reduction; an output is read only after an earlier phase wrote it. */
+static bool reaches(const kn_jit_desc *d, int root, bool *seen, int p, int *bad, const char **why) {
+    if (seen[root]) return true;
+    seen[root] = true;
+    const kn_jit_step *s = &d->steps[root];
+    *bad = root;
+    if (s->kind == KN_JIT_INPUT && d->phases[p].kind == KN_PHASE_ROW_STORE)
+        return *why = "a row store reads no elements", false;
+    if (s->kind == KN_JIT_INPUT && s->arg >= d->nin) {
+        bool written = false;
+        for (int q = 0; q < p; q++)
+            written |= d->phases[q].out == s->arg && d->phases[q].kind != KN_PHASE_ROW_STORE;
+        if (!written) return *why = "it reads an output no earlier phase wrote", false;
+    }
+    if (s->kind == KN_JIT_ACC &&
+        (s->arg >= p || d->phases[s->arg].kind == KN_PHASE_STORE || d->phases[s->arg].kind == KN_PHASE_ROW_STORE))
+        return *why = "not the result of an earlier reduction", false;
+    if (s->kind != KN_JIT_OP) return true;
+    if (!reaches(d, s->a, seen, p, bad, why)) return false;
+    return kn_op_table[s->op].arity < 2 || reaches(d, s->b, seen, p, bad, why);
+}
+
+static bool check(const kn_jit_desc *d) {
+    if (!d || !d->steps || d->nsteps < 1 || d->nsteps > KN_JIT_MAX_STEPS)
+        return kn__error("jit: a kernel needs 1 to %d steps, got %d", KN_JIT_MAX_STEPS,
+                         d && d->steps ? d->nsteps : 0), false;
+    int nops = d->nin + d->nout;
+    if (d->nin < 0 || d->nout < 1 || nops > KN_JIT_MAX_OPERANDS)
+        return kn__error("jit: a kernel takes 0 to %d operands with at least one output, got %d in, %d out",
+                         KN_JIT_MAX_OPERANDS, d->nin, d->nout), false;
+    if (!d->phases || d->nphases < 1 || d->nphases > KN_JIT_MAX_PHASES)
+        return kn__error("jit: a kernel needs 1 to %d phases, got %d", KN_JIT_MAX_PHASES, d->nphases), false;
+    for (int k = 0; k < nops; k++)
+        if (d->inner[k] > 1) return kn__error("jit: operand %d has inner stride class %d", k, d->inner[k]), false;
+    for (int i = 0; i < d->nsteps; i++) {
+        const kn_jit_step *s = &d->steps[i];
+        if (s->kind == KN_JIT_CONST || s->kind == KN_JIT_ROWLEN) continue;
+        if (s->kind == KN_JIT_INPUT) {
+            if (s->arg < 0 || s->arg >= nops)
+                return kn__error("jit: step %d reads operand %d of %d", i, s->arg, nops), false;
+            continue;
+        }
+        if (s->kind == KN_JIT_ACC) {
+            if (!d->rows || s->arg < 0 || s->arg >= d->nphases)
+                return kn__error("jit: step %d reads the result of phase %d, which is not a reduction", i, s->arg),
+                       false;
+            continue;
+        }
+        if (s->kind != KN_JIT_OP) return kn__error("jit: step %d has unknown kind %d", i, (int)s->kind), false;
+        if ((unsigned)s->op >= KN_OP_COUNT) return kn__error("jit: step %d has unknown op %d", i, (int)s->op), false;
+        const kn_op_info *info = &kn_op_table[s->op];
+        if (info->kind != KN_KIND_ELEMENTWISE || info->arity < 1 || info->arity > 2)
+            return kn__error("jit: step %d: op %s is not a unary or binary elementwise op", i, info->name), false;
+        bool bad_a = s->a < 0 || s->a >= i, bad_b = info->arity == 2 && (s->b < 0 || s->b >= i);
+        if (bad_a || bad_b)
+            return kn__error("jit: step %d (%s) uses step %d, which is not an earlier step", i, info->name,
+                             bad_a ? s->a : s->b), false;
+    }
+    bool *seen = calloc((size_t)d->nsteps, sizeof *seen);
+    if (!seen) return kn__error("jit: out of memory"), false;
+    bool ok = true;
+    for (int p = 0; p < d->nphases && ok; p++) {
+        const kn_jit_phase *ph = &d->phases[p];
+        bool stores = ph->kind == KN_PHASE_STORE || ph->kind == KN_PHASE_ROW_STORE || ph->out >= 0;
+        int bad = -1;
+        if ((unsigned)ph->kind > KN_PHASE_ROW_STORE || (!d->rows && ph->kind != KN_PHASE_STORE)) {
+            ok = false, kn__error("jit: phase %d: a %s kernel cannot have phase kind %d", p,
+                                  d->rows ? "row" : "pointwise", (int)ph->kind);
+        } else if (ph->step < 0 || ph->step >= d->nsteps) {
+            ok = false, kn__error("jit: phase %d evaluates step %d of %d", p, ph->step, d->nsteps);
+        } else if (stores && (ph->out < d->nin || ph->out >= nops)) {
+            ok = false, kn__error("jit: phase %d writes operand %d, which is not an output", p, ph->out);
+        } else if (stores && ph->kind != KN_PHASE_ROW_STORE && d->inner[ph->out] != 1) {
+            ok = false, kn__error("jit: phase %d stores elements into broadcast operand %d", p, ph->out);
+        } else {
+            const char *why = "";
+            memset(seen, 0, (size_t)d->nsteps * sizeof *seen);
+            if (!reaches(d, ph->step, seen, p, &bad, &why))
+                ok = false, kn__error("jit: phase %d cannot read step %d: %s", p, bad, why);
+        }
+    }
+    free(seen);
+    return ok;
+}
+
+/* ---- code generation ---- */
+
+typedef struct {
+    kn_jit_unit *u;
+    const kn_jit_desc *d;
+    LLVMBuilderRef b;
+    LLVMTypeRef f32, i64, i32, ptr;
+    LLVMValueRef *v;   /* per step, within the current function; NULL if not built */
+    LLVMValueRef *ops; /* operand pointers at the row start */
+    LLVMValueRef *acc; /* per phase: its reduction result */
+    LLVMValueRef c, len;
+} gen;
+
+static LLVMValueRef formula(gen *g, kn_op op) {
+    const kn_op_info *info = &kn_op_table[op];
+    char name[64];
+    snprintf(name, sizeof name, "kn_jit_%s_f32", info->name);
+    LLVMValueRef f = LLVMGetNamedFunction(g->u->mod, name);
+    if (!f || LLVMCountParams(f) != (unsigned)info->arity) return NULL;
+    return f;
+}
+
+/* The value of step i at element c of the current row. */
+static LLVMValueRef expr(gen *g, int i) {
+    if (g->v[i]) return g->v[i];
+    const kn_jit_step *s = &g->d->steps[i];
+    LLVMBuilderRef b = g->b;
+    LLVMValueRef r = NULL;
+    switch (s->kind) {
+    case KN_JIT_INPUT: {
+        /* a broadcast operand reads its one element, which LLVM hoists */
+        LLVMValueRef at = g->d->inner[s->arg] ? g->c : LLVMConstInt(g->i64, 0, 0);
+        LLVMValueRef p = LLVMBuildInBoundsGEP2(b, g->f32, g->ops[s->arg], &at, 1, "");
+        r = LLVMBuildLoad2(b, g->f32, p, "");
+        LLVMSetAlignment(r, 4);
+        break;
+    }
+    case KN_JIT_CONST: r = LLVMConstReal(g->f32, s->value); break; /* a float widens to double exactly */
+    case KN_JIT_ACC: r = g->acc[s->arg]; break;
+    case KN_JIT_ROWLEN: r = LLVMBuildSIToFP(b, g->len, g->f32, ""); break;
+    case KN_JIT_OP: {
+        LLVMValueRef f = formula(g, s->op);
+        if (!f) return kn__error("jit: step %d: op %s has no f32 formula to compile", i, kn_op_table[s->op].name);
+        int arity = kn_op_table[s->op].arity;
+        LLVMValueRef x = expr(g, s->a), y = arity == 2 ? expr(g, s->b) : NULL;
+        if (!x || (arity == 2 && !y)) return NULL;
+        LLVMValueRef args[2] = {x, y};
+        r = LLVMBuildCall2(b, LLVMGlobalGetValueType(f), f, args, (unsigned)arity, "");
+        break;
+    }
+    }
+    return g->v[i] = r;
+}
+
+static void clear_steps(gen *g) { memset(g->v, 0, (size_t)g->d->nsteps * sizeof *g->v); }
+
+/* phase_p(op0..opN (noalias), c0, c1, len, acc0..accP) -> float: the loop
+ * over [c0, c1) of one phase; internal and always inlined into the kernel,
+ * so the noalias facts survive as scopes and the loop needs no overlap
+ * checks to vectorize. Returns the reduction (0 for a store phase). */
+static LLVMValueRef build_phase(gen *g, int p) {
+    const kn_jit_desc *d = g->d;
+    const kn_jit_phase *ph = &d->phases[p];
+    LLVMContextRef c = g->u->ctx;
+    int nops = d->nin + d->nout, np = d->nphases;
+    LLVMTypeRef params[KN_JIT_MAX_OPERANDS + 3 + KN_JIT_MAX_PHASES];
+    for (int k = 0; k < nops; k++) params[k] = g->ptr;
+    params[nops] = params[nops + 1] = params[nops + 2] = g->i64;
+    for (int k = 0; k < np; k++) params[nops + 3 + k] = g->f32;
+    LLVMTypeRef ft = LLVMFunctionType(g->f32, params, (unsigned)(nops + 3 + np), 0);
+    char name[32];
+    snprintf(name, sizeof name, "kn_phase%d", p);
+    LLVMValueRef fn = LLVMAddFunction(g->u->mod, name, ft);
+    LLVMSetLinkage(fn, LLVMInternalLinkage);
+    unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
+    unsigned inl = LLVMGetEnumAttributeKindForName("alwaysinline", 12);
+    for (int k = 0; k < nops; k++)
+        LLVMAddAttributeAtIndex(fn, (unsigned)k + 1, LLVMCreateEnumAttribute(c, noalias, 0));
+    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(c, inl, 0));
+
+    LLVMBuilderRef b = g->b;
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(c, fn, "entry");
+    LLVMBasicBlockRef loop = LLVMAppendBasicBlockInContext(c, fn, "loop");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(c, fn, "done");
+    LLVMValueRef c0 = LLVMGetParam(fn, (unsigned)nops), c1 = LLVMGetParam(fn, (unsigned)nops + 1);
+    LLVMValueRef ops[KN_JIT_MAX_OPERANDS], accs[KN_JIT_MAX_PHASES];
+    for (int k = 0; k < nops; k++) ops[k] = LLVMGetParam(fn, (unsigned)k);
+    for (int k = 0; k < np; k++) accs[k] = LLVMGetParam(fn, (unsigned)(nops + 3 + k));
+    g->ops = ops;
+    g->acc = accs;
+    g->len = LLVMGetParam(fn, (unsigned)nops + 2);
+    bool reduce = ph->kind == KN_PHASE_SUM || ph->kind == KN_PHASE_MAX;
+    LLVMValueRef ident = LLVMConstReal(ph->kind == KN_PHASE_SUM ? LLVMDoubleTypeInContext(c) : g->f32,
+                                       ph->kind == KN_PHASE_MAX ? -INFINITY : 0.0);
+
+    LLVMPositionBuilderAtEnd(b, entry);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, c0, c1, ""), loop, done);
+    LLVMPositionBuilderAtEnd(b, loop);
+    LLVMValueRef i = LLVMBuildPhi(b, g->i64, "c");
+    /* sums accumulate in double, like kn_sum's partials */
+    LLVMTypeRef at = ph->kind == KN_PHASE_SUM ? LLVMDoubleTypeInContext(c) : g->f32;
+    LLVMValueRef a = reduce ? LLVMBuildPhi(b, at, "acc") : NULL, next_a = NULL;
+    g->c = i;
+    clear_steps(g);
+    LLVMValueRef v = expr(g, ph->step);
+    if (!v) return NULL;
+    if (ph->out >= 0) {
+        LLVMValueRef q = LLVMBuildInBoundsGEP2(b, g->f32, ops[ph->out], &i, 1, "");
+        LLVMSetAlignment(LLVMBuildStore(b, v, q), 4);
+    }
+    if (ph->kind == KN_PHASE_SUM) {
+        next_a = LLVMBuildFAdd(b, a, LLVMBuildFPExt(b, v, at, ""), "");
+        LLVMSetFastMathFlags(next_a, LLVMFastMathAllowReassoc);
+    } else if (ph->kind == KN_PHASE_MAX) {
+        unsigned id = LLVMLookupIntrinsicID("llvm.maximum", 12);
+        LLVMValueRef f = LLVMGetIntrinsicDeclaration(g->u->mod, id, &g->f32, 1);
+        LLVMValueRef xy[2] = {a, v};
+        next_a = LLVMBuildCall2(b, LLVMIntrinsicGetType(c, id, &g->f32, 1), f, xy, 2, "");
+    }
+    LLVMValueRef next = LLVMBuildNSWAdd(b, i, LLVMConstInt(g->i64, 1, 0), "");
+    LLVMBasicBlockRef tail = LLVMGetInsertBlock(b);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, next, c1, ""), loop, done);
+    LLVMValueRef in_v[2] = {c0, next};
+    LLVMBasicBlockRef in_b[2] = {entry, tail};
+    LLVMAddIncoming(i, in_v, in_b, 2);
+    if (reduce) {
+        LLVMValueRef av[2] = {ident, next_a};
+        LLVMAddIncoming(a, av, in_b, 2);
+    }
+    LLVMPositionBuilderAtEnd(b, done);
+    if (reduce) {
+        LLVMValueRef r = LLVMBuildPhi(b, at, "r");
+        LLVMValueRef rv[2] = {ident, next_a};
+        LLVMAddIncoming(r, rv, in_b, 2);
+        LLVMBuildRet(b, at == g->f32 ? r : LLVMBuildFPTrunc(b, r, g->f32, ""));
+    } else {
+        LLVMBuildRet(b, LLVMConstReal(g->f32, 0.0));
+    }
+    return fn;
+}
+
+static LLVMValueRef load_i64(gen *g, LLVMValueRef base, LLVMValueRef index) {
+    LLVMValueRef p = LLVMBuildInBoundsGEP2(g->b, g->i64, base, &index, 1, "");
+    return LLVMBuildLoad2(g->b, g->i64, p, "");
+}
+
+/* kernel(args, begin, end): for each row touched by [begin, end), the
+ * operand pointers at the row (kn_jit_offsets, from the bitcode), then the
+ * phases in order. A pointwise range may start and end inside a row. */
+static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
+    LLVMContextRef c = u->ctx;
+    gen g = {.u = u, .d = d, .f32 = LLVMFloatTypeInContext(c), .i64 = LLVMInt64TypeInContext(c),
+             .i32 = LLVMInt32TypeInContext(c), .ptr = LLVMPointerTypeInContext(c, 0)};
+    int nops = d->nin + d->nout, np = d->nphases;
+    LLVMValueRef phase_fn[KN_JIT_MAX_PHASES] = {0}, fn = NULL;
+    g.b = LLVMCreateBuilderInContext(c);
+    g.v = calloc((size_t)d->nsteps, sizeof *g.v);
+    if (!g.v) {
+        kn__error("jit: out of memory");
+        goto out;
+    }
+    for (int p = 0; p < np; p++)
+        if (d->phases[p].kind != KN_PHASE_ROW_STORE && !(phase_fn[p] = build_phase(&g, p))) goto out;
+    LLVMValueRef offsets = LLVMGetNamedFunction(u->mod, "kn_jit_offsets");
+    if (!offsets) {
+        kn__error("jit: the row offset helper is missing from the formulas");
+        goto out;
+    }
+
+    LLVMTypeRef kparams[3] = {g.ptr, g.i64, g.i64};
+    fn = LLVMAddFunction(u->mod, "kn_kernel", LLVMFunctionType(g.i32, kparams, 3, 0));
+    LLVMBuilderRef b = g.b;
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(c, fn, "entry");
+    LLVMBasicBlockRef loop = LLVMAppendBasicBlockInContext(c, fn, "row");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(c, fn, "done");
+    LLVMPositionBuilderAtEnd(b, entry);
+    LLVMValueRef args = LLVMGetParam(fn, 0), begin = LLVMGetParam(fn, 1), end = LLVMGetParam(fn, 2);
+    LLVMValueRef base[KN_JIT_MAX_OPERANDS], ops[KN_JIT_MAX_OPERANDS], accs[KN_JIT_MAX_PHASES];
+    for (int k = 0; k <= nops; k++) {
+        LLVMValueRef idx = LLVMConstInt(g.i64, (unsigned long long)k, 0);
+        LLVMValueRef slot = LLVMBuildInBoundsGEP2(b, g.ptr, args, &idx, 1, "");
+        base[k] = LLVMBuildLoad2(b, g.ptr, slot, "");
+    }
+    LLVMValueRef lay = base[nops];
+    LLVMValueRef nd = load_i64(&g, lay, LLVMConstInt(g.i64, 0, 0));
+    LLVMValueRef len = load_i64(&g, lay, nd); /* size[nd - 1] is lay[nd] */
+    LLVMValueRef off = LLVMBuildArrayAlloca(b, g.i64, LLVMConstInt(g.i64, (unsigned long long)nops, 0), "off");
+    LLVMValueRef one = LLVMConstInt(g.i64, 1, 0), zero = LLVMConstInt(g.i64, 0, 0);
+    /* rows [r0, r1); in a pointwise kernel the first row starts at cf and the last ends at ce */
+    LLVMValueRef r0 = begin, r1 = end, cf = zero, ce = len, rlast = NULL;
+    if (!d->rows) {
+        LLVMValueRef safe = LLVMBuildSelect(b, LLVMBuildICmp(b, LLVMIntSGT, len, zero, ""), len, one, "");
+        LLVMValueRef e1 = LLVMBuildSub(b, end, one, "");
+        r0 = LLVMBuildSDiv(b, begin, safe, "");
+        cf = LLVMBuildSRem(b, begin, safe, "");
+        rlast = LLVMBuildSDiv(b, e1, safe, "");
+        r1 = LLVMBuildAdd(b, rlast, one, "");
+        ce = LLVMBuildAdd(b, LLVMBuildSRem(b, e1, safe, ""), one, "");
+    }
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, r0, r1, ""), loop, done);
+
+    LLVMPositionBuilderAtEnd(b, loop);
+    LLVMValueRef r = LLVMBuildPhi(b, g.i64, "r");
+    LLVMValueRef oargs[4] = {lay, LLVMConstInt(g.i32, (unsigned long long)nops, 0), r, off};
+    LLVMBuildCall2(b, LLVMGlobalGetValueType(offsets), offsets, oargs, 4, "");
+    for (int k = 0; k < nops; k++) {
+        LLVMValueRef o = load_i64(&g, off, LLVMConstInt(g.i64, (unsigned long long)k, 0));
+        ops[k] = LLVMBuildInBoundsGEP2(b, g.f32, base[k], &o, 1, "");
+    }
+    LLVMValueRef c0 = zero, c1 = len;
+    if (!d->rows) {
+        c0 = LLVMBuildSelect(b, LLVMBuildICmp(b, LLVMIntEQ, r, r0, ""), cf, zero, "");
+        c1 = LLVMBuildSelect(b, LLVMBuildICmp(b, LLVMIntEQ, r, rlast, ""), ce, len, "");
+    }
+    LLVMValueRef undef = LLVMGetUndef(g.f32);
+    for (int p = 0; p < np; p++) accs[p] = undef;
+    for (int p = 0; p < np; p++) {
+        const kn_jit_phase *ph = &d->phases[p];
+        if (ph->kind == KN_PHASE_ROW_STORE) {
+            g.ops = ops;
+            g.acc = accs;
+            g.len = len;
+            clear_steps(&g);
+            LLVMValueRef v = expr(&g, ph->step);
+            if (!v) {
+                fn = NULL;
+                goto out;
+            }
+            LLVMSetAlignment(LLVMBuildStore(b, v, ops[ph->out]), 4);
+            continue;
+        }
+        LLVMValueRef call[KN_JIT_MAX_OPERANDS + 3 + KN_JIT_MAX_PHASES];
+        for (int k = 0; k < nops; k++) call[k] = ops[k];
+        call[nops] = c0;
+        call[nops + 1] = c1;
+        call[nops + 2] = len;
+        for (int k = 0; k < np; k++) call[nops + 3 + k] = accs[k];
+        accs[p] = LLVMBuildCall2(b, LLVMGlobalGetValueType(phase_fn[p]), phase_fn[p], call,
+                                 (unsigned)(nops + 3 + np), "");
+    }
+    LLVMValueRef rn = LLVMBuildNSWAdd(b, r, one, "");
+    LLVMBasicBlockRef tail = LLVMGetInsertBlock(b);
+    LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, rn, r1, ""), loop, done);
+    LLVMValueRef rv[2] = {r0, rn};
+    LLVMBasicBlockRef rb[2] = {entry, tail};
+    LLVMAddIncoming(r, rv, rb, 2);
+    LLVMPositionBuilderAtEnd(b, done);
+    LLVMBuildRet(b, LLVMConstInt(g.i32, 0, 0));
+out:
+    free(g.v);
+    LLVMDisposeBuilder(g.b);
+    return fn;
+}
+
+/* From the disk cache if there, else built and compiled (and stored). */
+static kn_jit_kernel compile(const kn_jit_desc *d, const uint32_t *w, size_t nw) {
+    void *code = kn__jit_load(w, nw);
+    if (!code) {
+        kn_jit_unit u;
+        if (!kn__jit_unit_new(&u)) return NULL;
+        LLVMValueRef fn = build(&u, d);
+        if (!fn) {
+            kn__jit_unit_dispose(&u);
+            return NULL;
+        }
+        code = kn__jit_compile(&u, fn, w, nw);
+    }
+    kn_jit_kernel k;
+    memcpy(&k, &code, sizeof k); /* object pointer to function pointer */
+    return k;
+}
+
+kn_jit_kernel kn__jit_kernel(const kn_jit_desc *d) {
+    if (!check(d)) return NULL;
+    size_t nw;
+    uint32_t *w = normalize(d, &nw);
+    if (!w) return kn__error("jit: out of memory");
+    uint64_t h = fnv1a(w, nw);
+    pthread_mutex_lock(&cache_lock);
+    kn_jit_kernel fn = NULL;
+    entry **bucket = &buckets[h % NBUCKETS];
+    for (entry *e = *bucket; e && !fn; e = e->next)
+        if (e->hash == h && e->nwords == nw && !memcmp(e->words, w, nw * sizeof *w)) fn = e->fn;
+    if (!fn && (fn = compile(d, w, nw))) {
+        entry *e = malloc(sizeof *e);
+        if (e) {
+            *e = (entry){*bucket, h, nw, w, fn};
+            *bucket = e;
+            w = NULL; /* kept by the entry */
+        }
+    }
+    pthread_mutex_unlock(&cache_lock);
+    free(w);
+    return fn;
+}

@@ -1,0 +1,172 @@
+/* The two text printers of the kernel IR (jit/jit.h): C for KN_DUMP=kernels
+ * and CUDA C for the GPU backend. Both print the same loops the LLVM
+ * printer builds, calling the formulas of core/scalar.h. */
+#include "jit.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Prints the steps phase p reads, as `float vI = ...;` lines. */
+static void print_steps(FILE *o, const kn_jit_desc *d, int root, bool *done, const char *ind, const char *at) {
+    if (done[root]) return;
+    const kn_jit_step *s = &d->steps[root];
+    if (s->kind == KN_JIT_OP) {
+        print_steps(o, d, s->a, done, ind, at);
+        if (kn_op_table[s->op].arity == 2) print_steps(o, d, s->b, done, ind, at);
+    }
+    done[root] = true;
+    fprintf(o, "%sfloat v%d = ", ind, root);
+    switch (s->kind) {
+    case KN_JIT_INPUT: fprintf(o, "op%d[%s];\n", s->arg, d->inner[s->arg] ? at : "0"); break;
+    case KN_JIT_CONST: fprintf(o, "%#.9gf;\n", (double)s->value); break;
+    case KN_JIT_ACC: fprintf(o, "acc%d;\n", s->arg); break;
+    case KN_JIT_ROWLEN: fprintf(o, "(float)len;\n"); break;
+    case KN_JIT_OP:
+        if (kn_op_table[s->op].arity == 2)
+            fprintf(o, "kn_s_%s_f32(v%d, v%d);\n", kn_op_table[s->op].name, s->a, s->b);
+        else
+            fprintf(o, "kn_s_%s_f32(v%d);\n", kn_op_table[s->op].name, s->a);
+        break;
+    }
+}
+
+static const char *phase_name(kn_phase_kind k) {
+    static const char *const names[] = {"store", "sum", "max", "row store"};
+    return (unsigned)k <= KN_PHASE_ROW_STORE ? names[k] : "?";
+}
+
+/* One phase's loop body (C and CUDA share it). */
+static void print_phase(FILE *o, const kn_jit_desc *d, int p, bool *done, const char *ind, const char *at) {
+    const kn_jit_phase *ph = &d->phases[p];
+    memset(done, 0, (size_t)d->nsteps * sizeof *done);
+    print_steps(o, d, ph->step, done, ind, at);
+    if (ph->kind == KN_PHASE_ROW_STORE) fprintf(o, "%sop%d[0] = v%d;\n", ind, ph->out, ph->step);
+    else if (ph->out >= 0) fprintf(o, "%sop%d[%s] = v%d;\n", ind, ph->out, at, ph->step);
+    if (ph->kind == KN_PHASE_SUM) fprintf(o, "%sacc%d += v%d;\n", ind, p, ph->step);
+    if (ph->kind == KN_PHASE_MAX) fprintf(o, "%sacc%d = kn_s_maximum_f32(acc%d, v%d);\n", ind, p, p, ph->step);
+}
+
+static void print_operands(FILE *o, const kn_jit_desc *d, const char *ind) {
+    for (int k = 0; k < d->nin + d->nout; k++)
+        fprintf(o, "%s%sfloat *op%d = (float *)args[%d] + off[%d];  /* %s, inner stride %d */\n", ind,
+                k < d->nin ? "const " : "", k, k, k, k < d->nin ? "input" : "output", d->inner[k]);
+}
+
+void kn__jit_print_c(FILE *o, const kn_jit_desc *d, const char *name) {
+    bool *done = calloc((size_t)d->nsteps, sizeof *done);
+    if (!done) return;
+    int nops = d->nin + d->nout;
+    fprintf(o, "/* %s: %s kernel, %d phases, %d steps. lay = {nd, size[nd], strides per operand};\n"
+               " * kn_jit_offsets sets each operand's offset at row r. */\n",
+            name, d->rows ? "row" : "pointwise", d->nphases, d->nsteps);
+    fprintf(o, "int32_t kernel(void **args, int64_t begin, int64_t end) {\n"
+               "    const int64_t *lay = args[%d], len = lay[lay[0]];\n    int64_t off[%d];\n",
+            nops, nops);
+    if (d->rows) {
+        fprintf(o, "    for (int64_t r = begin; r < end; r++) {\n        kn_jit_offsets(lay, %d, r, off);\n", nops);
+        print_operands(o, d, "        ");
+        for (int p = 0; p < d->nphases; p++) {
+            const kn_jit_phase *ph = &d->phases[p];
+            fprintf(o, "        /* phase %d: %s */\n", p, phase_name(ph->kind));
+            if (ph->kind == KN_PHASE_ROW_STORE) {
+                print_phase(o, d, p, done, "        ", "c");
+                continue;
+            }
+            if (ph->kind != KN_PHASE_STORE)
+                fprintf(o, "        float acc%d = %s;\n", p, ph->kind == KN_PHASE_MAX ? "-INFINITY" : "0.0f");
+            fprintf(o, "        for (int64_t c = 0; c < len; c++) {\n");
+            print_phase(o, d, p, done, "            ", "c");
+            fprintf(o, "        }\n");
+        }
+        fprintf(o, "    }\n");
+    } else {
+        fprintf(o, "    for (int64_t i = begin; i < end;) {  /* rows of the domain, split anywhere */\n"
+                   "        int64_t r = i / len, c0 = i %% len, c1 = len - c0 < end - i ? len : c0 + (end - i);\n"
+                   "        kn_jit_offsets(lay, %d, r, off);\n", nops);
+        print_operands(o, d, "        ");
+        fprintf(o, "        for (int64_t c = c0; c < c1; c++) {\n");
+        for (int p = 0; p < d->nphases; p++) print_phase(o, d, p, done, "            ", "c");
+        fprintf(o, "        }\n        i += c1 - c0;\n    }\n");
+    }
+    fprintf(o, "    return 0;\n}\n");
+    free(done);
+}
+
+/* CUDA C: a pointwise kernel is a grid-stride loop over elements; a row
+ * kernel gives each row one block whose threads stride the row and combine
+ * their partial reductions in shared memory. Compiled with NVRTC together
+ * with core/scalar.h (KN_SCALAR_INLINE is __device__ there). */
+char *kn__jit_cuda_source(const kn_jit_desc *d, const char *name) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *o = open_memstream(&text, &len);
+    bool *done = calloc((size_t)d->nsteps, sizeof *done);
+    if (!o || !done) {
+        if (o) fclose(o);
+        free(text);
+        free(done);
+        return NULL;
+    }
+    int nops = d->nin + d->nout;
+    fprintf(o, "/* %s: %s kernel, %d phases */\n", name, d->rows ? "row" : "pointwise", d->nphases);
+    fprintf(o, "__device__ static void kn_offsets(const long long *lay, long long r, long long *off) {\n"
+               "    long long nd = lay[0];\n"
+               "    for (int k = 0; k < %d; k++) off[k] = 0;\n"
+               "    for (long long d = nd - 2; d >= 0; d--) {\n"
+               "        long long size = lay[1 + d], i = r %% size;\n        r /= size;\n"
+               "        for (int k = 0; k < %d; k++) off[k] += i * lay[1 + nd + k * nd + d];\n    }\n}\n",
+            nops, nops);
+    fprintf(o, "extern \"C\" __global__ void %s(void **args, long long begin, long long end) {\n"
+               "    const long long *lay = (const long long *)args[%d], len = lay[lay[0]];\n"
+               "    long long off[%d];\n",
+            name, nops, nops);
+    if (d->rows) {
+        fprintf(o, "    __shared__ float part[256];\n"
+                   "    for (long long r = begin + blockIdx.x; r < end; r += gridDim.x) {\n"
+                   "        kn_offsets(lay, r, off);\n");
+        print_operands(o, d, "        ");
+        for (int p = 0; p < d->nphases; p++) {
+            const kn_jit_phase *ph = &d->phases[p];
+            fprintf(o, "        /* phase %d: %s */\n", p, phase_name(ph->kind));
+            if (ph->kind == KN_PHASE_ROW_STORE) {
+                fprintf(o, "        if (threadIdx.x == 0) {\n");
+                print_phase(o, d, p, done, "            ", "0");
+                fprintf(o, "        }\n");
+                continue;
+            }
+            const char *id = ph->kind == KN_PHASE_MAX ? "-INFINITY" : "0.0f";
+            if (ph->kind != KN_PHASE_STORE) fprintf(o, "        float acc%d = %s;\n", p, id);
+            fprintf(o, "        for (long long c = threadIdx.x; c < len; c += blockDim.x) {\n");
+            print_phase(o, d, p, done, "            ", "c");
+            fprintf(o, "        }\n");
+            if (ph->kind != KN_PHASE_STORE)
+                fprintf(o, "        part[threadIdx.x] = acc%d;\n        __syncthreads();\n"
+                           "        for (int s = blockDim.x / 2; s > 0; s /= 2) {\n"
+                           "            if (threadIdx.x < s) part[threadIdx.x] = %s;\n"
+                           "            __syncthreads();\n        }\n"
+                           "        acc%d = part[0];\n        __syncthreads();\n",
+                        p,
+                        ph->kind == KN_PHASE_MAX ? "kn_s_maximum_f32(part[threadIdx.x], part[threadIdx.x + s])"
+                                                 : "part[threadIdx.x] + part[threadIdx.x + s]",
+                        p);
+            else
+                fprintf(o, "        __syncthreads();  /* later phases read what this one stored */\n");
+        }
+        fprintf(o, "    }\n");
+    } else {
+        fprintf(o, "    long long step = (long long)gridDim.x * blockDim.x;\n"
+                   "    for (long long i = begin + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < end; i += step) {\n"
+                   "        long long r = i / len, c = i %% len;\n"
+                   "        kn_offsets(lay, r, off);\n");
+        print_operands(o, d, "        ");
+        for (int p = 0; p < d->nphases; p++) print_phase(o, d, p, done, "        ", "c");
+        fprintf(o, "    }\n");
+    }
+    fprintf(o, "}\n");
+    free(done);
+    if (fclose(o) != 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
