@@ -485,3 +485,192 @@ Test(jit, concurrent_processes_share_one_entry) {
     cr_assert_eq(kn__jit_disk_hits(), 1);
     cr_assert_eq(kn__jit_compile_count(), 0);
 }
+
+/* ---- fusion decisions and row kernels, through kn_function ---- */
+
+typedef kn_tensor *(*body_fn)(kn_tensor *const *in);
+typedef struct { body_fn f; } fn_ctx;
+static int run_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    out[0] = ((fn_ctx *)ctx)->f(in);
+    return out[0] ? 0 : -1;
+}
+
+/* Traces f over in, checks the plan has `nodes` nodes of which `fused` are
+ * kernels, and that two replays give eager's result (bitwise, or within
+ * rtol for row kernels, which sum in their own order). */
+static void check_plan(body_fn f, kn_tensor *const *in, int nin, int nodes, int fused, double rtol) {
+    fn_ctx c = {f};
+    kn_tensor *want = f(in), *got;
+    NOTNULL(want);
+    kn_fn *fn = kn_function("plan", run_body, &c, nin, 1, NULL);
+    for (int call = 0; call < 3; call++) {
+        cr_assert_eq(kn_call(fn, in, &got), 0, "%s", kn_last_error());
+        if (rtol == 0) assert_equal(got, want);
+        else assert_close(got, want, rtol, rtol);
+    }
+    char *text = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&text, &len);
+    kn_fn_dump(fn, m);
+    fclose(m);
+    int nf = 0;
+    for (const char *p = strstr(text, "= fused<"); p; p = strstr(p + 1, "= fused<")) nf++;
+    cr_assert_eq(kn_fn_stats(fn).nodes, nodes, "%s", text);
+    cr_assert_eq(nf, fused, "%s", text);
+    free(text);
+    kn_fn_free(fn);
+}
+
+/* GELU written out by hand: 0.5 x (1 + tanh(0.7978845608 (x + 0.044715 x^3))) */
+static kn_tensor *gelu_chain(kn_tensor *const *in) {
+    kn_tensor *x = in[0], *x3 = kn_mul(kn_mul(x, x), x);
+    kn_tensor *t = kn_tanh(kn_mul_scalar(kn_add(x, kn_mul_scalar(x3, 0.044715)), 0.7978845608));
+    return kn_mul(kn_mul_scalar(x, 0.5), kn_add_scalar(t, 1.0));
+}
+static kn_tensor *bias_relu(kn_tensor *const *in) { return kn_relu(kn_add(in[0], in[1])); }
+static kn_tensor *softmax_last(kn_tensor *const *in) { return kn_softmax(in[0], -1); }
+static kn_tensor *log_softmax_last(kn_tensor *const *in) { return kn_log_softmax(in[0], 1); }
+static kn_tensor *softmax_consumers(kn_tensor *const *in) {
+    return kn_mul_scalar(kn_sub(kn_softmax(kn_mul_scalar(in[0], 2.0), 1), in[1]), 0.5);
+}
+static kn_tensor *layer_norm_affine(kn_tensor *const *in) {
+    return kn_relu(kn_layer_norm(kn_add(in[0], in[1]), 1, in[2], in[3], 1e-5));
+}
+static kn_tensor *sum_rows(kn_tensor *const *in) { return kn_sum(kn_mul(in[0], in[1]), KN_DIMS(1), false); }
+static kn_tensor *mean_rows(kn_tensor *const *in) { return kn_mean(kn_exp(in[0]), KN_DIMS(-1), true); }
+static kn_tensor *max_rows(kn_tensor *const *in) { return kn_max(kn_abs(in[0]), KN_DIMS(1), false); }
+static kn_tensor *centered(kn_tensor *const *in) {  /* a reduction read back along its row */
+    kn_tensor *d = kn_sub(in[0], kn_mean(in[0], KN_DIMS(1), true));
+    return kn_mean(kn_mul(d, d), KN_DIMS(1), true);
+}
+
+Test(jit, elementwise_chains_with_broadcasts_are_one_kernel) {
+    kn_tensor *x = kn_randn(KN_SHAPE(37, 130), KN_F32), *b = kn_randn(KN_SHAPE(130), KN_F32);
+    check_plan(gelu_chain, &x, 1, 1, 1, 0);
+    check_plan(bias_relu, (kn_tensor *[]){x, b}, 2, 1, 1, 0);
+    kn_tensor *col = kn_randn(KN_SHAPE(37, 1), KN_F32);  /* broadcast along rows */
+    check_plan(bias_relu, (kn_tensor *[]){x, col}, 2, 1, 1, 0);
+}
+
+Test(jit, row_ops_are_one_kernel_with_their_neighbours) {
+    kn_tensor *x = kn_randn(KN_SHAPE(33, 257), KN_F32), *y = kn_rand(KN_SHAPE(33, 257), KN_F32);
+    kn_tensor *w = kn_randn(KN_SHAPE(257), KN_F32), *b = kn_randn(KN_SHAPE(257), KN_F32);
+    check_plan(softmax_last, &x, 1, 1, 1, 1e-6);
+    check_plan(log_softmax_last, &x, 1, 1, 1, 1e-6);
+    check_plan(softmax_consumers, (kn_tensor *[]){x, y}, 2, 1, 1, 1e-6);
+    check_plan(layer_norm_affine, (kn_tensor *[]){x, y, w, b}, 4, 1, 1, 1e-5);
+    check_plan(sum_rows, (kn_tensor *[]){x, y}, 2, 1, 1, 1e-6);
+    check_plan(mean_rows, &x, 1, 1, 1, 1e-6);
+    check_plan(max_rows, &x, 1, 1, 1, 0); /* a max is exact */
+    check_plan(centered, &x, 1, 1, 1, 1e-5);
+}
+
+/* Special values through a row kernel agree with eager: a row holding inf
+ * or NaN gives NaN rows, as kn_softmax does. */
+Test(jit, row_kernels_handle_special_values) {
+    kn_tensor *x = kn_randn(KN_SHAPE(4, 40), KN_F32);
+    float *p = kn_data(x);
+    p[3] = INFINITY;
+    p[40 + 7] = NAN;
+    for (int i = 0; i < 40; i++) p[80 + i] = -INFINITY;
+    p[120] = 3e38f;
+    p[121] = 3e38f;
+    check_plan(softmax_last, &x, 1, 1, 1, 1e-6);
+    check_plan(max_rows, &x, 1, 1, 1, 0);
+}
+
+/* One compiled kernel serves every batch size: batch 1 (a new plan, its
+ * own signature), 7 and 64 reuse the code compiled for the first. */
+Test(jit, symbolic_sizes_share_one_compiled_kernel) {
+    fn_ctx c = {softmax_consumers};
+    kn_fn *fn = kn_function("sizes", run_body, &c, 2, 1, NULL);
+    uint64_t before = kn__jit_compile_count();
+    int64_t batches[] = {7, 64, 1, 7, 64};
+    for (int i = 0; i < 5; i++) {
+        kn_tensor *in[2] = {kn_randn(KN_SHAPE(batches[i], 50), KN_F32), kn_rand(KN_SHAPE(batches[i], 50), KN_F32)};
+        kn_tensor *got;
+        cr_assert_eq(kn_call(fn, in, &got), 0, "%s", kn_last_error());
+        assert_close(got, softmax_consumers(in), 1e-6, 1e-6);
+        cr_assert_eq(kn__jit_compile_count(), before + 1, "batch %lld compiled again", (long long)batches[i]);
+    }
+    cr_assert_eq(kn_fn_stats(fn).traces, 2, "batch 1 has its own signature");
+    kn_fn_free(fn);
+}
+
+/* Rows are split across threads; each row is one thread's: the result is
+ * the same bits whatever the thread count. */
+Test(jit, row_kernels_split_across_threads) {
+    kn_tensor *x = kn_randn(KN_SHAPE(515, 301), KN_F32), *y = kn_rand(KN_SHAPE(515, 301), KN_F32), *a, *b;
+    fn_ctx c = {softmax_consumers};
+    kn_fn *fn = kn_function("threads", run_body, &c, 2, 1, NULL);
+    cr_assert_eq(kn_call(fn, (kn_tensor *[]){x, y}, &a), 0);  /* the trace runs eagerly */
+    kn_set_num_threads(1);
+    cr_assert_eq(kn_call(fn, (kn_tensor *[]){x, y}, &a), 0);
+    kn_set_num_threads(2);
+    cr_assert_eq(kn_call(fn, (kn_tensor *[]){x, y}, &b), 0);
+    assert_equal(a, b);
+    kn_fn_free(fn);
+}
+
+/* A row kernel's loops vectorize, reductions included, and call nothing. */
+Test(jit, row_kernel_is_vectorized_without_calls) {
+    kn_tensor *x = kn_randn(KN_SHAPE(8, 64), KN_F32), *got;
+    fn_ctx c = {softmax_last};
+    kn_fn *fn = kn_function("vec", run_body, &c, 1, 1, NULL);
+    cr_assert_eq(kn_call(fn, &x, &got), 0);
+    char *ir = kn__jit_last_ir();
+    cr_assert(ir);
+    cr_assert(strstr(ir, "<16 x float>") || strstr(ir, "<8 x float>"), "not vectorized:\n%s", ir);
+    cr_assert(strstr(ir, "vector.reduce.fmaximum") || strstr(ir, "llvm.maximum.v"), "max not vectorized:\n%s", ir);
+    for (const char *p = strstr(ir, "call "); p; p = strstr(p + 1, "call ")) {
+        const char *at = strchr(p, '@'), *eol = strchr(p, '\n');
+        cr_assert(at && (!eol || at < eol) && !strncmp(at, "@llvm.", 6), "a call survives: %.80s", p);
+    }
+    free(ir);
+    kn_fn_free(fn);
+}
+
+/* Row kernels through the IR directly: empty rows reduce to the identity. */
+Test(jit, empty_rows_reduce_to_zero) {
+    kn_jit_step s[] = {IN(0), {.kind = KN_JIT_ACC, .arg = 0}};
+    kn_jit_phase ph[] = {{KN_PHASE_SUM, 0, -1}, {KN_PHASE_ROW_STORE, 1, 1}};
+    kn_jit_desc d = {.rows = true, .nin = 1, .nout = 1, .inner = {1, 0}, .steps = s, .nsteps = 2,
+                     .phases = ph, .nphases = 2};
+    kn_jit_kernel k = kn__jit_kernel(&d);
+    NOTNULL(k);
+    float in[1] = {0}, out[3] = {7, 7, 7};
+    int64_t lay[] = {2, 3, 0, 0, 1, 1, 0};  /* domain [3, 0]; the output has one value per row */
+    cr_assert_eq(kn__jit_run(k, (void *[]){in, out, lay}, 0, 3), 0);
+    for (int i = 0; i < 3; i++) cr_assert_eq(out[i], 0.0f);
+}
+
+Test(jit, invalid_row_kernels_give_errors) {
+    kn_jit_step s[] = {IN(0), {.kind = KN_JIT_ACC, .arg = 0}, IN(1)};
+    kn_jit_phase store_acc[] = {{KN_PHASE_STORE, 1, 1}};  /* an ACC of a store */
+    kn_jit_desc d = {.rows = true, .nin = 1, .nout = 1, .inner = {1, 1}, .steps = s, .nsteps = 2,
+                     .phases = store_acc, .nphases = 1};
+    EXPECT_ERR(kn__jit_kernel(&d), "not the result of an earlier reduction");
+    kn_jit_phase row_reads[] = {{KN_PHASE_ROW_STORE, 0, 1}};
+    d.phases = row_reads;
+    EXPECT_ERR(kn__jit_kernel(&d), "a row store reads no elements");
+    kn_jit_phase pointwise_sum[] = {{KN_PHASE_SUM, 0, -1}, {KN_PHASE_STORE, 0, 1}};
+    d.rows = false;
+    d.nsteps = 1;
+    d.phases = pointwise_sum;
+    d.nphases = 2;
+    EXPECT_ERR(kn__jit_kernel(&d), "pointwise kernel cannot have phase kind");
+    kn_jit_phase into_input[] = {{KN_PHASE_STORE, 0, 0}};
+    d.phases = into_input;
+    d.nphases = 1;
+    EXPECT_ERR(kn__jit_kernel(&d), "is not an output");
+    d.inner[1] = 0;
+    kn_jit_phase broadcast_store[] = {{KN_PHASE_STORE, 0, 1}};
+    d.phases = broadcast_store;
+    EXPECT_ERR(kn__jit_kernel(&d), "broadcast operand");
+    d.inner[1] = 1;
+    d.rows = true;
+    d.nsteps = 3;  /* reads the output before anything wrote it */
+    kn_jit_phase early[] = {{KN_PHASE_STORE, 2, 1}};
+    d.phases = early;
+    EXPECT_ERR(kn__jit_kernel(&d), "reads an output no earlier phase wrote");
+}

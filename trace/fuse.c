@@ -120,11 +120,12 @@ static bool may_join(const kn_trace *tr, const tnode *m, nclass cm, const tnode 
 
 /* Strides of each operand in the domain (0 along broadcast dims), then
  * size-1 dims dropped and mergeable dims merged (never the last of a row
- * kernel). shapes[k] is operand k's shape; a row result without keepdim
- * has rank nd - 1 and gets a trailing 1. lay gets {nd, sizes, strides};
+ * kernel). shapes[k] is operand k's shape; the output is the last operand,
+ * and a row result (row_out) without keepdim has rank nd - 1 and gets a
+ * trailing 1. lay gets {nd, sizes, strides};
  * inner[k] the stride class of the last dim. */
 static void layout(const int64_t *dom, int nd, int nops, const int64_t *const *shapes, const int *ranks,
-                   bool rows, int64_t *lay, uint8_t *inner) {
+                   bool rows, bool row_out, int64_t *lay, uint8_t *inner) {
     int64_t size[KN_MAX_DIMS], st[KN_JIT_MAX_OPERANDS][KN_MAX_DIMS], one = 1;
     if (nd == 0) dom = &one, nd = 1;  /* a 0-dim domain is one element */
     for (int k = 0; k < nops; k++) {
@@ -132,7 +133,7 @@ static void layout(const int64_t *dom, int nd, int nops, const int64_t *const *s
         int r = ranks[k];
         memcpy(sh, shapes[k], (size_t)r * sizeof *sh);
         r += r == 0;  /* a 0-dim operand is one element, broadcast */
-        if (r == nd - 1 && rows) sh[r++] = 1;  /* a row result without keepdim */
+        if (row_out && k == nops - 1 && r == nd - 1) sh[r++] = 1;  /* a row result without keepdim */
         kn__contig_strides(sh, r, cs);
         for (int d = 0; d < nd; d++) {
             int e = d - (nd - r);
@@ -334,7 +335,7 @@ static bool plan_group(const kn_trace *tr, const int *group, int root, const ncl
     int64_t lay[1 + KN_MAX_DIMS * (KN_JIT_MAX_OPERANDS + 1)];
     if (!(g->f = calloc(1, sizeof *g->f))) return false;
     *g->f = (struct kn_fused){.rows = rows, .row_out = row_out, .nd = dom->ndim, .nin = L->nin};
-    layout(dom->shape, dom->ndim, L->nin + 1, shapes, ranks, rows, lay, g->f->inner);
+    layout(dom->shape, dom->ndim, L->nin + 1, shapes, ranks, rows, row_out, lay, g->f->inner);
 
     g->steps = malloc((size_t)L->ns * sizeof *g->steps);
     g->inputs = malloc(((size_t)L->nin + 1) * sizeof *g->inputs);
@@ -532,7 +533,7 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
         ranks[n->nin] = r->ndim;
         int64_t lay[1 + KN_MAX_DIMS * (KN_JIT_MAX_OPERANDS + 1)];
         uint8_t inner[KN_JIT_MAX_OPERANDS];
-        layout(dom, nd, n->nin + 1, shapes, ranks, f->rows, lay, inner);
+        layout(dom, nd, n->nin + 1, shapes, ranks, f->rows, f->row_out, lay, inner);
         if (memcmp(inner, f->inner, (size_t)n->nin + 1)) {
             kn__error("kn_call %s: a fused kernel's operands changed which dims broadcast", name);
             kn__drop(r);
