@@ -674,3 +674,28 @@ Test(jit, invalid_row_kernels_give_errors) {
     d.phases = early;
     EXPECT_ERR(kn__jit_kernel(&d), "reads an output no earlier phase wrote");
 }
+
+/* A pointwise kernel writes over an operand that dies at it: the matmul's
+ * result is the chain's only input, so a call needs one [256,512] buffer
+ * beyond its inputs, not two. */
+static kn_tensor *mm_chain(kn_tensor *const *in) {
+    return kn_relu(kn_add_scalar(kn_mul_scalar(kn_matmul(in[0], in[1]), 2.0), 1.0));
+}
+
+Test(jit, pointwise_kernels_write_over_dying_operands) {
+    kn_tensor *x = kn_randn(KN_SHAPE(256, 64), KN_F32), *w = kn_randn(KN_SHAPE(64, 512), KN_F32), *got;
+    kn_tensor *want = mm_chain((kn_tensor *[]){x, w});
+    fn_ctx c = {mm_chain};
+    kn_fn *fn = kn_function("inplace", run_body, &c, 2, 1, NULL);
+    cr_assert_eq(kn_call(fn, (kn_tensor *[]){x, w}, &got), 0);  /* the trace */
+    kn_release(got);
+    int64_t before, peak, buf = 256 * 512 * 4;
+    kn_memory_stats(&before, NULL);
+    kn_memory_reset_peak();
+    cr_assert_eq(kn_call(fn, (kn_tensor *[]){x, w}, &got), 0, "%s", kn_last_error());
+    kn_memory_stats(NULL, &peak);
+    assert_equal(got, want);
+    cr_assert_leq(peak - before, buf + buf / 2, "a call peaked at %lld bytes over %lld", (long long)(peak - before),
+                  (long long)before);
+    kn_fn_free(fn);
+}

@@ -22,6 +22,7 @@ struct kn_fused {
     bool row_out;   /* the result is one value per row (a reduction) */
     int nd;         /* the domain's rank at trace time */
     int nin;
+    int inplace;    /* a pointwise kernel may write over this operand (its last use), or -1 */
     uint8_t inner[KN_JIT_MAX_OPERANDS];
 };
 
@@ -469,6 +470,22 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
     }
     kn__plan_compact(pl, dead, outs, nout);  /* drops the fused members */
     free(dead);
+    /* A pointwise kernel reads each element before it writes it: it can write
+     * over a node value of its own shape that dies here (checked again per
+     * call: nothing else may hold the buffer). */
+    for (int k = 0; k < tr->nnodes; k++) {
+        tnode *n = &tr->nodes[k];
+        if (n->kind != N_FUSED) continue;
+        n->fused->inplace = -1;
+        for (int j = 0; j < n->nin && !n->fused->rows; j++) {
+            const tvalue *v = &tr->vals[n->in[j]];
+            if (v->kind == V_NODE && pl->last_use[n->in[j]] == k && v->dtype == KN_F32 &&
+                same_shape(v, &tr->vals[n->out])) {
+                n->fused->inplace = j;
+                break;
+            }
+        }
+    }
 }
 
 void kn__plan_fuse(plan *pl, const int *outs, int nout) {
@@ -524,7 +541,13 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
                   kn__shape_str(dom, nd, b0), f->nd);
         goto done;
     }
-    if (!(r = kn__alloc(now->shape, now->ndim, KN_F32))) goto done;
+    kn_tensor *x = f->inplace >= 0 ? dense[f->inplace] : NULL;
+    /* references: the plan's and dense[]'s */
+    if (x && x == args[f->inplace] && atomic_load(&x->refcount) == 2 && atomic_load(&x->storage->refcount) == 1 &&
+        !x->requires_grad && x->ndim == now->ndim && !memcmp(x->shape, now->shape, (size_t)x->ndim * sizeof *x->shape))
+        r = kn__ret(x);  /* written in place: the buffer dies here and nothing else holds it */
+    else if (!(r = kn__alloc(now->shape, now->ndim, KN_F32)))
+        goto done;
     /* a row kernel runs for every row, even empty ones (a sum of nothing is 0) */
     int64_t count = f->rows ? kn__numel(dom, nd - 1) : kn__numel(dom, nd);
     if (count > 0 && kn__numel(r->shape, r->ndim) > 0) {
