@@ -85,17 +85,95 @@ void kn__jit_print_c(FILE *o, const kn_jit_desc *d, const char *name) {
                    "        kn_jit_offsets(lay, %d, r, off);\n", nops);
         print_operands(o, d, "        ");
         fprintf(o, "        for (int64_t c = c0; c < c1; c++) {\n");
-        for (int p = 0; p < d->nphases; p++) print_phase(o, d, p, done, "            ", "c");
+        for (int p = 0; p < d->nphases; p++) {  /* a block per phase: step names repeat */
+            fprintf(o, "            {\n");
+            print_phase(o, d, p, done, "                ", "c");
+            fprintf(o, "            }\n");
+        }
         fprintf(o, "        }\n        i += c1 - c0;\n    }\n");
     }
     fprintf(o, "    return 0;\n}\n");
     free(done);
 }
 
-/* CUDA C: a pointwise kernel is a grid-stride loop over elements; a row
- * kernel gives each row one block whose threads stride the row and combine
- * their partial reductions in shared memory. Compiled with NVRTC together
- * with core/scalar.h (KN_SCALAR_INLINE is __device__ there). */
+/* ---- CUDA C ----
+ * A pointwise kernel is a grid-stride loop over elements. A row kernel
+ * gives each row one block: its threads stride the row in every phase and
+ * combine their partial reductions in shared memory. The tree reduction
+ * halves a fixed width, so a row kernel must be launched with exactly
+ * KN_CUDA_BLOCK threads per block (any grid size; blocks stride the rows).
+ * Both are compiled with NVRTC after the text of core/scalar.h, whose
+ * KN_SCALAR_INLINE is __device__ there. Sums accumulate in double like the
+ * LLVM kernels, and every thread gets the reduced value. */
+#define KN_CUDA_BLOCK 256
+
+/* Helpers of row kernels. Each reduction ends with a barrier so the next
+ * one may overwrite part[] only after every thread has read part[0]. */
+static const char cuda_row_helpers[] =
+    "__device__ static double kn_block_sum(double *part, double x) {\n"
+    "    part[threadIdx.x] = x;\n"
+    "    __syncthreads();\n"
+    "    for (unsigned s = KN_CUDA_BLOCK / 2; s > 0; s /= 2) {\n"
+    "        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];\n"
+    "        __syncthreads();\n"
+    "    }\n"
+    "    double r = part[0];\n"
+    "    __syncthreads();\n"
+    "    return r;\n"
+    "}\n"
+    "/* floats round-trip through double exactly (-0 too; a NaN stays NaN) */\n"
+    "__device__ static float kn_block_max(double *part, float x) {\n"
+    "    part[threadIdx.x] = x;\n"
+    "    __syncthreads();\n"
+    "    for (unsigned s = KN_CUDA_BLOCK / 2; s > 0; s /= 2) {\n"
+    "        if (threadIdx.x < s)\n"
+    "            part[threadIdx.x] = kn_s_maximum_f32((float)part[threadIdx.x], (float)part[threadIdx.x + s]);\n"
+    "        __syncthreads();\n"
+    "    }\n"
+    "    float r = (float)part[0];\n"
+    "    __syncthreads();\n"
+    "    return r;\n"
+    "}\n";
+
+/* One phase as a block of its own (the steps' names repeat across
+ * phases): the steps at element `at`, then its store and its partial
+ * reduction into `a`. */
+static void cuda_phase(FILE *o, const kn_jit_desc *d, int p, bool *done, const char *ind, const char *at) {
+    const kn_jit_phase *ph = &d->phases[p];
+    memset(done, 0, (size_t)d->nsteps * sizeof *done);
+    print_steps(o, d, ph->step, done, ind, at);
+    if (ph->out >= 0) fprintf(o, "%sop%d[%s] = v%d;\n", ind, ph->out, at, ph->step);
+    if (ph->kind == KN_PHASE_SUM) fprintf(o, "%sa += v%d;\n", ind, ph->step);
+    if (ph->kind == KN_PHASE_MAX) fprintf(o, "%sa = kn_s_maximum_f32(a, v%d);\n", ind, ph->step);
+}
+
+static void cuda_row_body(FILE *o, const kn_jit_desc *d, bool *done) {
+    for (int p = 0; p < d->nphases; p++) {
+        const kn_jit_phase *ph = &d->phases[p];
+        fprintf(o, "        /* phase %d: %s */\n", p, phase_name(ph->kind));
+        if (ph->kind == KN_PHASE_ROW_STORE) {  /* reads only ACCs and constants */
+            fprintf(o, "        if (threadIdx.x == 0) {\n");
+            cuda_phase(o, d, p, done, "            ", "0");
+            fprintf(o, "        }\n");
+            continue;
+        }
+        bool sum = ph->kind == KN_PHASE_SUM, max = ph->kind == KN_PHASE_MAX;
+        if (sum || max) fprintf(o, "        float acc%d;\n", p);  /* at row scope: later phases read it */
+        fprintf(o, "        {\n");
+        if (sum) fprintf(o, "            double a = 0.0;\n");
+        if (max) fprintf(o, "            float a = __int_as_float(0xff800000);  /* -inf */\n");
+        fprintf(o, "            for (long long c = threadIdx.x; c < len; c += KN_CUDA_BLOCK) {\n");
+        cuda_phase(o, d, p, done, "                ", "c");
+        fprintf(o, "            }\n");
+        if (sum) fprintf(o, "            acc%d = (float)kn_block_sum(part, a);\n", p);
+        if (max) fprintf(o, "            acc%d = kn_block_max(part, a);\n", p);
+        /* a reduction's own barriers already order its stores */
+        if (!sum && !max && p + 1 < d->nphases)
+            fprintf(o, "            __syncthreads();  /* later phases may read what this one stored */\n");
+        fprintf(o, "        }\n");
+    }
+}
+
 char *kn__jit_cuda_source(const kn_jit_desc *d, const char *name) {
     char *text = NULL;
     size_t len = 0;
@@ -108,58 +186,44 @@ char *kn__jit_cuda_source(const kn_jit_desc *d, const char *name) {
         return NULL;
     }
     int nops = d->nin + d->nout;
-    fprintf(o, "/* %s: %s kernel, %d phases */\n", name, d->rows ? "row" : "pointwise", d->nphases);
+    fprintf(o, "/* %s: %s kernel, %d phases. lay = {nd, size[nd], strides per operand}. */\n", name,
+            d->rows ? "row" : "pointwise", d->nphases);
+    if (d->rows) fprintf(o, "#define KN_CUDA_BLOCK %d  /* launch with exactly this many threads per block */\n", KN_CUDA_BLOCK);
+    /* the offsets of the operands at row r (kn_jit_offsets of the CPU JIT) */
     fprintf(o, "__device__ static void kn_offsets(const long long *lay, long long r, long long *off) {\n"
                "    long long nd = lay[0];\n"
                "    for (int k = 0; k < %d; k++) off[k] = 0;\n"
                "    for (long long d = nd - 2; d >= 0; d--) {\n"
-               "        long long size = lay[1 + d], i = r %% size;\n        r /= size;\n"
-               "        for (int k = 0; k < %d; k++) off[k] += i * lay[1 + nd + k * nd + d];\n    }\n}\n",
+               "        long long size = lay[1 + d], i = r %% size;\n"
+               "        r /= size;\n"
+               "        for (int k = 0; k < %d; k++) off[k] += i * lay[1 + nd + k * nd + d];\n"
+               "    }\n"
+               "}\n",
             nops, nops);
-    fprintf(o, "extern \"C\" __global__ void %s(void **args, long long begin, long long end) {\n"
-               "    const long long *lay = (const long long *)args[%d], len = lay[lay[0]];\n"
+    if (d->rows) fputs(cuda_row_helpers, o);
+    fprintf(o, "extern \"C\" __global__ void %s%s(void **args, long long begin, long long end) {\n"
+               "    const long long *lay = (const long long *)args[%d];\n"
+               "    const long long len = lay[lay[0]];\n"
                "    long long off[%d];\n",
-            name, nops, nops);
+            d->rows ? "__launch_bounds__(KN_CUDA_BLOCK) " : "", name, nops, nops);
     if (d->rows) {
-        fprintf(o, "    __shared__ float part[256];\n"
-                   "    for (long long r = begin + blockIdx.x; r < end; r += gridDim.x) {\n"
+        fprintf(o, "    __shared__ double part[KN_CUDA_BLOCK];\n"
+                   "    for (long long r = begin + blockIdx.x; r < end; r += gridDim.x) {  /* uniform in the block */\n"
                    "        kn_offsets(lay, r, off);\n");
         print_operands(o, d, "        ");
-        for (int p = 0; p < d->nphases; p++) {
-            const kn_jit_phase *ph = &d->phases[p];
-            fprintf(o, "        /* phase %d: %s */\n", p, phase_name(ph->kind));
-            if (ph->kind == KN_PHASE_ROW_STORE) {
-                fprintf(o, "        if (threadIdx.x == 0) {\n");
-                print_phase(o, d, p, done, "            ", "0");
-                fprintf(o, "        }\n");
-                continue;
-            }
-            const char *id = ph->kind == KN_PHASE_MAX ? "-INFINITY" : "0.0f";
-            if (ph->kind != KN_PHASE_STORE) fprintf(o, "        float acc%d = %s;\n", p, id);
-            fprintf(o, "        for (long long c = threadIdx.x; c < len; c += blockDim.x) {\n");
-            print_phase(o, d, p, done, "            ", "c");
-            fprintf(o, "        }\n");
-            if (ph->kind != KN_PHASE_STORE)
-                fprintf(o, "        part[threadIdx.x] = acc%d;\n        __syncthreads();\n"
-                           "        for (int s = blockDim.x / 2; s > 0; s /= 2) {\n"
-                           "            if (threadIdx.x < s) part[threadIdx.x] = %s;\n"
-                           "            __syncthreads();\n        }\n"
-                           "        acc%d = part[0];\n        __syncthreads();\n",
-                        p,
-                        ph->kind == KN_PHASE_MAX ? "kn_s_maximum_f32(part[threadIdx.x], part[threadIdx.x + s])"
-                                                 : "part[threadIdx.x] + part[threadIdx.x + s]",
-                        p);
-            else
-                fprintf(o, "        __syncthreads();  /* later phases read what this one stored */\n");
-        }
+        cuda_row_body(o, d, done);
         fprintf(o, "    }\n");
     } else {
-        fprintf(o, "    long long step = (long long)gridDim.x * blockDim.x;\n"
-                   "    for (long long i = begin + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < end; i += step) {\n"
-                   "        long long r = i / len, c = i %% len;\n"
-                   "        kn_offsets(lay, r, off);\n");
+        fprintf(o, "    long long stride = (long long)gridDim.x * blockDim.x;\n"
+                   "    for (long long i = begin + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < end; i += stride) {\n"
+                   "        long long c = i %% len;\n"
+                   "        kn_offsets(lay, i / len, off);\n");
         print_operands(o, d, "        ");
-        for (int p = 0; p < d->nphases; p++) print_phase(o, d, p, done, "        ", "c");
+        for (int p = 0; p < d->nphases; p++) {
+            fprintf(o, "        {  /* phase %d: store */\n", p);
+            cuda_phase(o, d, p, done, "            ", "c");
+            fprintf(o, "        }\n");
+        }
         fprintf(o, "    }\n");
     }
     fprintf(o, "}\n");
