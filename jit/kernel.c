@@ -305,6 +305,10 @@ static LLVMValueRef load_i64(gen *g, LLVMValueRef base, LLVMValueRef index) {
     return LLVMBuildLoad2(g->b, g->i64, p, "");
 }
 
+#define PF_BLOCK 1024       /* elements per block of a pointwise row */
+#define PF_AHEAD 4096       /* prefetch distance in elements (16 KiB) */
+#define PF_MAX_INPUTS 4
+
 /* kernel(args, begin, end): for each row touched by [begin, end), the
  * operand pointers at the row (kn_jit_offsets, from the bitcode), then the
  * phases in order. A pointwise range may start and end inside a row. */
@@ -375,6 +379,41 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
     }
     LLVMValueRef undef = LLVMGetUndef(g.f32);
     for (int p = 0; p < np; p++) accs[p] = undef;
+    LLVMBasicBlockRef blk_done = NULL, blk_loop = NULL;
+    LLVMValueRef cb = NULL, cn = NULL, row_end = c1;
+    if (!d->rows) {
+        /* Pointwise rows run in blocks, each prefetching its inputs a few
+         * blocks ahead: a loop that computes much per byte keeps too few
+         * loads in flight for the hardware prefetcher (half the speed at 16M
+         * elements than in cache, measured). Prefetches never fault. */
+        blk_loop = LLVMAppendBasicBlockInContext(c, fn, "block");
+        blk_done = LLVMAppendBasicBlockInContext(c, fn, "blocks_done");
+        LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
+        LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, c0, c1, ""), blk_loop, blk_done);
+        LLVMPositionBuilderAtEnd(b, blk_loop);
+        cb = LLVMBuildPhi(b, g.i64, "cb");
+        LLVMValueRef bend = LLVMBuildAdd(b, cb, LLVMConstInt(g.i64, PF_BLOCK, 0), "");
+        LLVMValueRef ce_b = LLVMBuildSelect(b, LLVMBuildICmp(b, LLVMIntSLT, bend, c1, ""), bend, c1, "");
+        unsigned pf_id = LLVMLookupIntrinsicID("llvm.prefetch", 13);
+        LLVMValueRef pf = LLVMGetIntrinsicDeclaration(u->mod, pf_id, &g.ptr, 1);
+        LLVMTypeRef pft = LLVMIntrinsicGetType(c, pf_id, &g.ptr, 1);
+        for (int k = 0, n = 0; k < d->nin && n < PF_MAX_INPUTS; k++) {
+            if (!d->inner[k]) continue;
+            n++;
+            for (int q = 0; q < PF_BLOCK; q += 16) {  /* one per 64-byte line */
+                LLVMValueRef at = LLVMBuildAdd(b, cb, LLVMConstInt(g.i64, PF_AHEAD + q, 0), "");
+                LLVMValueRef pargs[4] = {LLVMBuildGEP2(b, g.f32, ops[k], &at, 1, ""), LLVMConstInt(g.i32, 0, 0),
+                                         LLVMConstInt(g.i32, 0, 0), LLVMConstInt(g.i32, 1, 0)};
+                LLVMBuildCall2(b, pft, pf, pargs, 4, "");
+            }
+        }
+        LLVMValueRef cv[1] = {c0};
+        LLVMBasicBlockRef cbb[1] = {pre};
+        LLVMAddIncoming(cb, cv, cbb, 1);
+        c0 = cb;
+        c1 = ce_b;
+        cn = bend;
+    }
     for (int p = 0; p < np; p++) {
         const kn_jit_phase *ph = &d->phases[p];
         if (ph->kind == KN_PHASE_ROW_STORE) {
@@ -398,6 +437,12 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
         for (int k = 0; k < np; k++) call[nops + 3 + k] = accs[k];
         accs[p] = LLVMBuildCall2(b, LLVMGlobalGetValueType(phase_fn[p]), phase_fn[p], call,
                                  (unsigned)(nops + 3 + np), "");
+    }
+    if (!d->rows) {
+        LLVMBasicBlockRef btail = LLVMGetInsertBlock(b);
+        LLVMAddIncoming(cb, &cn, &btail, 1);
+        LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, cn, row_end, ""), blk_loop, blk_done);
+        LLVMPositionBuilderAtEnd(b, blk_done);
     }
     LLVMValueRef rn = LLVMBuildNSWAdd(b, r, one, "");
     LLVMBasicBlockRef tail = LLVMGetInsertBlock(b);
