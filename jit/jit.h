@@ -4,8 +4,8 @@
  * strides are arguments, so one compiled kernel serves every batch size.
  * Operands are f32 arrays: inputs 0..nin-1, then outputs. Each is addressed
  * with its own strides in the domain (0 along broadcast dims). The last dim
- * is the inner loop; an operand's stride there is fixed at compile time:
- * 1 (contiguous) or 0 (broadcast).
+ * is the inner loop; an operand's stride there has a class fixed at compile
+ * time: 0 (broadcast), 1 (contiguous) or any (strided: read from the layout).
  *
  * The body is a list of phases over scalar expressions in SSA form (steps).
  * A pointwise kernel (rows = false) has only STORE phases and its range
@@ -48,6 +48,9 @@ typedef struct {
     int out;  /* STORE, ROW_STORE: operand written; SUM, MAX: also stored there when >= 0 */
 } kn_jit_phase;
 
+/* Stride classes of the last dim; outputs stored per element are contiguous. */
+enum { KN_INNER_BROADCAST = 0, KN_INNER_CONTIGUOUS = 1, KN_INNER_STRIDED = 2 };
+
 #define KN_JIT_MAX_STEPS 1024
 #define KN_JIT_MAX_OPERANDS 64
 #define KN_JIT_MAX_PHASES 16
@@ -55,7 +58,7 @@ typedef struct {
 typedef struct {
     bool rows;
     int nin, nout;
-    uint8_t inner[KN_JIT_MAX_OPERANDS]; /* per operand: its stride in the last dim, 0 or 1 */
+    uint8_t inner[KN_JIT_MAX_OPERANDS]; /* per operand: its stride class in the last dim */
     const kn_jit_step *steps;
     int nsteps;
     const kn_jit_phase *phases;

@@ -107,7 +107,8 @@ static bool check(const kn_jit_desc *d) {
     if (!d->phases || d->nphases < 1 || d->nphases > KN_JIT_MAX_PHASES)
         return kn__error("jit: a kernel needs 1 to %d phases, got %d", KN_JIT_MAX_PHASES, d->nphases), false;
     for (int k = 0; k < nops; k++)
-        if (d->inner[k] > 1) return kn__error("jit: operand %d has inner stride class %d", k, d->inner[k]), false;
+        if (d->inner[k] > KN_INNER_STRIDED)
+            return kn__error("jit: operand %d has inner stride class %d", k, d->inner[k]), false;
     for (int i = 0; i < d->nsteps; i++) {
         const kn_jit_step *s = &d->steps[i];
         if (s->kind == KN_JIT_CONST || s->kind == KN_JIT_ROWLEN) continue;
@@ -146,8 +147,9 @@ static bool check(const kn_jit_desc *d) {
             ok = false, kn__error("jit: phase %d evaluates step %d of %d", p, ph->step, d->nsteps);
         } else if (stores && (ph->out < d->nin || ph->out >= nops)) {
             ok = false, kn__error("jit: phase %d writes operand %d, which is not an output", p, ph->out);
-        } else if (stores && ph->kind != KN_PHASE_ROW_STORE && d->inner[ph->out] != 1) {
-            ok = false, kn__error("jit: phase %d stores elements into broadcast operand %d", p, ph->out);
+        } else if (stores && ph->kind != KN_PHASE_ROW_STORE && d->inner[ph->out] != KN_INNER_CONTIGUOUS) {
+            ok = false, kn__error("jit: phase %d stores elements into operand %d, which is not contiguous", p,
+                                  ph->out);
         } else {
             const char *why = "";
             memset(seen, 0, (size_t)d->nsteps * sizeof *seen);
@@ -170,6 +172,7 @@ typedef struct {
     LLVMValueRef *ops; /* operand pointers at the row start */
     LLVMValueRef *acc; /* per phase: its reduction result */
     LLVMValueRef c, len;
+    LLVMValueRef *stride; /* per operand: its stride in the last dim */
 } gen;
 
 static LLVMValueRef formula(gen *g, kn_op op) {
@@ -190,7 +193,10 @@ static LLVMValueRef expr(gen *g, int i) {
     switch (s->kind) {
     case KN_JIT_INPUT: {
         /* a broadcast operand reads its one element, which LLVM hoists */
-        LLVMValueRef at = g->d->inner[s->arg] ? g->c : LLVMConstInt(g->i64, 0, 0);
+        uint8_t cls = g->d->inner[s->arg];
+        LLVMValueRef at = cls == KN_INNER_BROADCAST    ? LLVMConstInt(g->i64, 0, 0)
+                          : cls == KN_INNER_CONTIGUOUS ? g->c
+                                                       : LLVMBuildNSWMul(b, g->c, g->stride[s->arg], "");
         LLVMValueRef p = LLVMBuildInBoundsGEP2(b, g->f32, g->ops[s->arg], &at, 1, "");
         r = LLVMBuildLoad2(b, g->f32, p, "");
         LLVMSetAlignment(r, 4);
@@ -215,7 +221,8 @@ static LLVMValueRef expr(gen *g, int i) {
 
 static void clear_steps(gen *g) { memset(g->v, 0, (size_t)g->d->nsteps * sizeof *g->v); }
 
-/* phase_p(op0..opN (noalias), c0, c1, len, acc0..accP) -> float: the loop
+/* phase_p(op0..opN (noalias), c0, c1, len, acc0..accP, stride0..strideN)
+ * -> float: the loop
  * over [c0, c1) of one phase; internal and always inlined into the kernel,
  * so the noalias facts survive as scopes and the loop needs no overlap
  * checks to vectorize. Returns the reduction (0 for a store phase). */
@@ -224,11 +231,12 @@ static LLVMValueRef build_phase(gen *g, int p) {
     const kn_jit_phase *ph = &d->phases[p];
     LLVMContextRef c = g->u->ctx;
     int nops = d->nin + d->nout, np = d->nphases;
-    LLVMTypeRef params[KN_JIT_MAX_OPERANDS + 3 + KN_JIT_MAX_PHASES];
+    LLVMTypeRef params[2 * KN_JIT_MAX_OPERANDS + 3 + KN_JIT_MAX_PHASES];
     for (int k = 0; k < nops; k++) params[k] = g->ptr;
     params[nops] = params[nops + 1] = params[nops + 2] = g->i64;
     for (int k = 0; k < np; k++) params[nops + 3 + k] = g->f32;
-    LLVMTypeRef ft = LLVMFunctionType(g->f32, params, (unsigned)(nops + 3 + np), 0);
+    for (int k = 0; k < nops; k++) params[nops + 3 + np + k] = g->i64;
+    LLVMTypeRef ft = LLVMFunctionType(g->f32, params, (unsigned)(2 * nops + 3 + np), 0);
     char name[32];
     snprintf(name, sizeof name, "kn_phase%d", p);
     LLVMValueRef fn = LLVMAddFunction(g->u->mod, name, ft);
@@ -244,10 +252,12 @@ static LLVMValueRef build_phase(gen *g, int p) {
     LLVMBasicBlockRef loop = LLVMAppendBasicBlockInContext(c, fn, "loop");
     LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(c, fn, "done");
     LLVMValueRef c0 = LLVMGetParam(fn, (unsigned)nops), c1 = LLVMGetParam(fn, (unsigned)nops + 1);
-    LLVMValueRef ops[KN_JIT_MAX_OPERANDS], accs[KN_JIT_MAX_PHASES];
+    LLVMValueRef ops[KN_JIT_MAX_OPERANDS], accs[KN_JIT_MAX_PHASES], strides[KN_JIT_MAX_OPERANDS];
     for (int k = 0; k < nops; k++) ops[k] = LLVMGetParam(fn, (unsigned)k);
     for (int k = 0; k < np; k++) accs[k] = LLVMGetParam(fn, (unsigned)(nops + 3 + k));
+    for (int k = 0; k < nops; k++) strides[k] = LLVMGetParam(fn, (unsigned)(nops + 3 + np + k));
     g->ops = ops;
+    g->stride = strides;
     g->acc = accs;
     g->len = LLVMGetParam(fn, (unsigned)nops + 2);
     bool reduce = ph->kind == KN_PHASE_SUM || ph->kind == KN_PHASE_MAX;
@@ -350,6 +360,11 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
     LLVMValueRef nd = load_i64(&g, lay, LLVMConstInt(g.i64, 0, 0));
     LLVMValueRef len = load_i64(&g, lay, nd); /* size[nd - 1] is lay[nd] */
     LLVMValueRef off = LLVMBuildArrayAlloca(b, g.i64, LLVMConstInt(g.i64, (unsigned long long)nops, 0), "off");
+    LLVMValueRef strides[KN_JIT_MAX_OPERANDS]; /* in the last dim: lay[1 + nd + k * nd + nd - 1] */
+    for (int k = 0; k < nops; k++) {
+        LLVMValueRef at = LLVMBuildMul(b, nd, LLVMConstInt(g.i64, (unsigned long long)k + 2, 0), "");
+        strides[k] = load_i64(&g, lay, at);
+    }
     LLVMValueRef one = LLVMConstInt(g.i64, 1, 0), zero = LLVMConstInt(g.i64, 0, 0);
     /* rows [r0, r1); in a pointwise kernel the first row starts at cf and the last ends at ce */
     LLVMValueRef r0 = begin, r1 = end, cf = zero, ce = len, rlast = NULL;
@@ -398,7 +413,7 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
         LLVMValueRef pf = LLVMGetIntrinsicDeclaration(u->mod, pf_id, &g.ptr, 1);
         LLVMTypeRef pft = LLVMIntrinsicGetType(c, pf_id, &g.ptr, 1);
         for (int k = 0, n = 0; k < d->nin && n < PF_MAX_INPUTS; k++) {
-            if (!d->inner[k]) continue;
+            if (d->inner[k] != KN_INNER_CONTIGUOUS) continue;
             n++;
             for (int q = 0; q < PF_BLOCK; q += 16) {  /* one per 64-byte line */
                 LLVMValueRef at = LLVMBuildAdd(b, cb, LLVMConstInt(g.i64, PF_AHEAD + q, 0), "");
@@ -420,6 +435,7 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
             g.ops = ops;
             g.acc = accs;
             g.len = len;
+            g.stride = strides;
             clear_steps(&g);
             LLVMValueRef v = expr(&g, ph->step);
             if (!v) {
@@ -429,14 +445,15 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
             LLVMSetAlignment(LLVMBuildStore(b, v, ops[ph->out]), 4);
             continue;
         }
-        LLVMValueRef call[KN_JIT_MAX_OPERANDS + 3 + KN_JIT_MAX_PHASES];
+        LLVMValueRef call[2 * KN_JIT_MAX_OPERANDS + 3 + KN_JIT_MAX_PHASES];
         for (int k = 0; k < nops; k++) call[k] = ops[k];
         call[nops] = c0;
         call[nops + 1] = c1;
         call[nops + 2] = len;
         for (int k = 0; k < np; k++) call[nops + 3 + k] = accs[k];
+        for (int k = 0; k < nops; k++) call[nops + 3 + np + k] = strides[k];
         accs[p] = LLVMBuildCall2(b, LLVMGlobalGetValueType(phase_fn[p]), phase_fn[p], call,
-                                 (unsigned)(nops + 3 + np), "");
+                                 (unsigned)(2 * nops + 3 + np), "");
     }
     if (!d->rows) {
         LLVMBasicBlockRef btail = LLVMGetInsertBlock(b);

@@ -17,7 +17,10 @@ static void print_steps(FILE *o, const kn_jit_desc *d, int root, bool *done, con
     done[root] = true;
     fprintf(o, "%sfloat v%d = ", ind, root);
     switch (s->kind) {
-    case KN_JIT_INPUT: fprintf(o, "op%d[%s];\n", s->arg, d->inner[s->arg] ? at : "0"); break;
+    case KN_JIT_INPUT:
+        if (d->inner[s->arg] == KN_INNER_STRIDED) fprintf(o, "op%d[%s * st%d];\n", s->arg, at, s->arg);
+        else fprintf(o, "op%d[%s];\n", s->arg, d->inner[s->arg] == KN_INNER_CONTIGUOUS ? at : "0");
+        break;
     case KN_JIT_CONST: fprintf(o, "%#.9gf;\n", (double)s->value); break;
     case KN_JIT_ACC: fprintf(o, "acc%d;\n", s->arg); break;
     case KN_JIT_ROWLEN: fprintf(o, "(float)len;\n"); break;
@@ -46,10 +49,15 @@ static void print_phase(FILE *o, const kn_jit_desc *d, int p, bool *done, const 
     if (ph->kind == KN_PHASE_MAX) fprintf(o, "%sacc%d = kn_s_maximum_f32(acc%d, v%d);\n", ind, p, p, ph->step);
 }
 
+/* Operand pointers at the row; a strided operand's last-dim stride from the layout. */
 static void print_operands(FILE *o, const kn_jit_desc *d, const char *ind) {
-    for (int k = 0; k < d->nin + d->nout; k++)
-        fprintf(o, "%s%sfloat *op%d = (float *)args[%d] + off[%d];  /* %s, inner stride %d */\n", ind,
-                k < d->nin ? "const " : "", k, k, k, k < d->nin ? "input" : "output", d->inner[k]);
+    static const char *const cls[] = {"broadcast", "contiguous", "strided"};
+    for (int k = 0; k < d->nin + d->nout; k++) {
+        fprintf(o, "%s%sfloat *op%d = (float *)args[%d] + off[%d];  /* %s, %s */\n", ind, k < d->nin ? "const " : "",
+                k, k, k, k < d->nin ? "input" : "output", cls[d->inner[k] % 3]);
+        if (d->inner[k] == KN_INNER_STRIDED)
+            fprintf(o, "%sconst long long st%d = lay[lay[0] * %d];\n", ind, k, k + 2);
+    }
 }
 
 void kn__jit_print_c(FILE *o, const kn_jit_desc *d, const char *name) {

@@ -666,7 +666,7 @@ Test(jit, invalid_row_kernels_give_errors) {
     d.inner[1] = 0;
     kn_jit_phase broadcast_store[] = {{KN_PHASE_STORE, 0, 1}};
     d.phases = broadcast_store;
-    EXPECT_ERR(kn__jit_kernel(&d), "broadcast operand");
+    EXPECT_ERR(kn__jit_kernel(&d), "which is not contiguous");
     d.inner[1] = 1;
     d.rows = true;
     d.nsteps = 3;  /* reads the output before anything wrote it */
@@ -698,4 +698,28 @@ Test(jit, pointwise_kernels_write_over_dying_operands) {
     cr_assert_leq(peak - before, buf + buf / 2, "a call peaked at %lld bytes over %lld", (long long)(peak - before),
                   (long long)before);
     kn_fn_free(fn);
+}
+
+/* Strided operands are read in place: a transposed view feeds the kernel
+ * with its own strides (a variant compiled at the first call that sees
+ * them), in the last dim and in outer dims, in pointwise and row kernels. */
+static kn_tensor *transposed_chain(kn_tensor *const *in) {
+    return kn_relu(kn_add(kn_mul_scalar(kn_transpose(in[0], 0, 1), 2.0), in[1]));
+}
+static kn_tensor *transposed_softmax(kn_tensor *const *in) {
+    return kn_softmax(kn_mul_scalar(kn_transpose(in[0], 0, 1), 0.5), 1);
+}
+
+Test(jit, strided_operands_are_read_in_place) {
+    kn_tensor *x = kn_randn(KN_SHAPE(70, 45), KN_F32), *y = kn_randn(KN_SHAPE(45, 70), KN_F32);
+    uint64_t first = kn__jit_compile_count();
+    check_plan(transposed_chain, (kn_tensor *[]){x, y}, 2, 2, 1, 0);  /* transpose, then the kernel */
+    cr_assert_eq(kn__jit_compile_count(), first + 2, "the planned kernel and its strided variant");
+    check_plan(transposed_softmax, &x, 1, 2, 1, 1e-6);
+    /* an input that is itself a transposed view */
+    kn_tensor *xt = kn_transpose(kn_randn(KN_SHAPE(45, 70), KN_F32), 0, 1);
+    check_plan(bias_relu, (kn_tensor *[]){xt, kn_randn(KN_SHAPE(70, 45), KN_F32)}, 2, 1, 1, 0);
+    uint64_t before = kn__jit_compile_count();
+    check_plan(transposed_chain, (kn_tensor *[]){x, y}, 2, 2, 1, 0);  /* variants are cached */
+    cr_assert_eq(kn__jit_compile_count(), before);
 }

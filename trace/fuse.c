@@ -16,6 +16,7 @@
 #include <string.h>
 
 /* What the kernel needs at call time, next to the node's operand ids. */
+#define MAX_VARIANTS 4
 struct kn_fused {
     kn_jit_kernel k;
     bool rows;
@@ -24,7 +25,21 @@ struct kn_fused {
     int nin;
     int inplace;    /* a pointwise kernel may write over this operand (its last use), or -1 */
     uint8_t inner[KN_JIT_MAX_OPERANDS];
+    /* The description, for variants compiled at call time when operands
+     * come with other last-dim strides (a transposed input, say). A slot is
+     * claimed by count, filled, then published by its kernel pointer. */
+    kn_jit_step *steps;
+    int nsteps, nphases;
+    kn_jit_phase phases[KN_JIT_MAX_PHASES];
+    _Atomic int nvariants;
+    struct { uint8_t inner[KN_JIT_MAX_OPERANDS]; _Atomic(kn_jit_kernel) k; } variant[MAX_VARIANTS];
 };
+
+void kn__fused_free(struct kn_fused *f) {
+    if (!f) return;
+    free(f->steps);
+    free(f);
+}
 
 static bool ew_op(kn_op op) {
     switch (op) {
@@ -119,23 +134,26 @@ static bool may_join(const kn_trace *tr, const tnode *m, nclass cm, const tnode 
 
 /* ---- the layout of operands in the domain, shared by planning and calls ---- */
 
-/* Strides of each operand in the domain (0 along broadcast dims), then
+/* Strides of each operand in the domain (0 along broadcast dims; strides[k]
+ * gives operand k's own strides, NULL for contiguous), then
  * size-1 dims dropped and mergeable dims merged (never the last of a row
  * kernel). shapes[k] is operand k's shape; the output is the last operand,
  * and a row result (row_out) without keepdim has rank nd - 1 and gets a
  * trailing 1. lay gets {nd, sizes, strides};
  * inner[k] the stride class of the last dim. */
 static void layout(const int64_t *dom, int nd, int nops, const int64_t *const *shapes, const int *ranks,
-                   bool rows, bool row_out, int64_t *lay, uint8_t *inner) {
+                   const int64_t *const *strides, bool rows, bool row_out, int64_t *lay, uint8_t *inner) {
     int64_t size[KN_MAX_DIMS], st[KN_JIT_MAX_OPERANDS][KN_MAX_DIMS], one = 1;
     if (nd == 0) dom = &one, nd = 1;  /* a 0-dim domain is one element */
     for (int k = 0; k < nops; k++) {
         int64_t sh[KN_MAX_DIMS] = {1}, cs[KN_MAX_DIMS];
         int r = ranks[k];
         memcpy(sh, shapes[k], (size_t)r * sizeof *sh);
+        if (strides && strides[k]) memcpy(cs, strides[k], (size_t)r * sizeof *cs);
         r += r == 0;  /* a 0-dim operand is one element, broadcast */
         if (row_out && k == nops - 1 && r == nd - 1) sh[r++] = 1;  /* a row result without keepdim */
-        kn__contig_strides(sh, r, cs);
+        if (!strides || !strides[k]) kn__contig_strides(sh, r, cs);
+        else if (r > ranks[k]) cs[r - 1] = 1;  /* the dim a 0-dim operand or a row result gained */
         for (int d = 0; d < nd; d++) {
             int e = d - (nd - r);
             st[k][d] = e >= 0 && sh[e] == dom[d] ? cs[e] : 0;
@@ -160,7 +178,8 @@ static void layout(const int64_t *dom, int nd, int nops, const int64_t *const *s
     for (int d = 0; d < m; d++) lay[1 + d] = size[d];
     for (int k = 0; k < nops; k++) {
         for (int d = 0; d < m; d++) lay[1 + m + k * m + d] = st[k][d];
-        inner[k] = st[k][m - 1] != 0;
+        int64_t last = st[k][m - 1];
+        inner[k] = last == 0 ? KN_INNER_BROADCAST : last == 1 ? KN_INNER_CONTIGUOUS : KN_INNER_STRIDED;
     }
 }
 
@@ -264,9 +283,7 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
 /* One group to fuse: its root node, members, and the kernel description. */
 typedef struct {
     int root, members;
-    kn_jit_step *steps;
-    kn_jit_phase phases[KN_JIT_MAX_PHASES];
-    kn_jit_desc desc;
+    kn_jit_desc desc;   /* its steps and phases live in f */
     int *inputs;        /* value ids of the kernel's inputs */
     struct kn_fused *f;
 } fuse_group;
@@ -282,9 +299,8 @@ struct kn_fuse_job {
 void kn__fuse_job_free(kn_fuse_job *j) {
     if (!j) return;
     for (int i = 0; i < j->ngroups; i++) {
-        free(j->g[i].steps);
         free(j->g[i].inputs);
-        free(j->g[i].f);
+        kn__fused_free(j->g[i].f);
     }
     free(j->g);
     free(j->group);
@@ -336,16 +352,19 @@ static bool plan_group(const kn_trace *tr, const int *group, int root, const ncl
     int64_t lay[1 + KN_MAX_DIMS * (KN_JIT_MAX_OPERANDS + 1)];
     if (!(g->f = calloc(1, sizeof *g->f))) return false;
     *g->f = (struct kn_fused){.rows = rows, .row_out = row_out, .nd = dom->ndim, .nin = L->nin};
-    layout(dom->shape, dom->ndim, L->nin + 1, shapes, ranks, rows, row_out, lay, g->f->inner);
+    layout(dom->shape, dom->ndim, L->nin + 1, shapes, ranks, NULL, rows, row_out, lay, g->f->inner);
 
-    g->steps = malloc((size_t)L->ns * sizeof *g->steps);
+    struct kn_fused *f = g->f;
+    f->steps = malloc((size_t)L->ns * sizeof *f->steps);
     g->inputs = malloc(((size_t)L->nin + 1) * sizeof *g->inputs);
-    if (!g->steps || !g->inputs) return false;
-    memcpy(g->steps, L->s, (size_t)L->ns * sizeof *L->s);
+    if (!f->steps || !g->inputs) return false;
+    memcpy(f->steps, L->s, (size_t)L->ns * sizeof *L->s);
     memcpy(g->inputs, L->inputs, (size_t)L->nin * sizeof *L->inputs);
-    memcpy(g->phases, L->ph, (size_t)L->np * sizeof *L->ph);
-    g->desc = (kn_jit_desc){.rows = rows, .nin = L->nin, .nout = 1, .steps = g->steps, .nsteps = L->ns,
-                            .phases = g->phases, .nphases = L->np};
+    memcpy(f->phases, L->ph, (size_t)L->np * sizeof *L->ph);
+    f->nsteps = L->ns;
+    f->nphases = L->np;
+    g->desc = (kn_jit_desc){.rows = rows, .nin = L->nin, .nout = 1, .steps = f->steps, .nsteps = L->ns,
+                            .phases = f->phases, .nphases = L->np};
     memcpy(g->desc.inner, g->f->inner, sizeof g->desc.inner);
     return true;
 }
@@ -412,9 +431,8 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
         if (members < 2 && !rowops) continue;
         fuse_group *g = &j->g[j->ngroups];
         if (!plan_group(tr, j->group, i, cls, g, &L)) {
-            free(g->steps);
             free(g->inputs);
-            free(g->f);
+            kn__fused_free(g->f);
             *g = (fuse_group){0};
             for (int k = 0; k < n; k++)
                 if (j->group[k] == i) j->group[k] = -1;
@@ -507,11 +525,33 @@ static void run_range(void *p, int64_t begin, int64_t end) {
     if (kn__jit_run(c->k, c->args, begin, end) != 0) c->failed = true;
 }
 
+/* The kernel for operands with these last-dim stride classes: the planned
+ * one, a variant compiled earlier, or a new variant (NULL with an error). */
+static kn_jit_kernel kernel_for(struct kn_fused *f, const uint8_t *inner, int nops) {
+    if (!memcmp(inner, f->inner, (size_t)nops)) return f->k;
+    int nv = atomic_load(&f->nvariants);
+    for (int v = 0; v < nv && v < MAX_VARIANTS; v++) {
+        kn_jit_kernel k = atomic_load(&f->variant[v].k);
+        if (k && !memcmp(inner, f->variant[v].inner, (size_t)nops)) return k;
+    }
+    kn_jit_desc d = {.rows = f->rows, .nin = f->nin, .nout = 1, .steps = f->steps, .nsteps = f->nsteps,
+                     .phases = f->phases, .nphases = f->nphases};
+    memcpy(d.inner, inner, (size_t)nops);
+    kn_jit_kernel k = kn__jit_kernel(&d);
+    int v = k ? atomic_fetch_add(&f->nvariants, 1) : MAX_VARIANTS;
+    if (v < MAX_VARIANTS) {
+        memcpy(f->variant[v].inner, inner, (size_t)nops);
+        atomic_store(&f->variant[v].k, k);
+    }
+    return k;
+}
+
 kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args) {
-    const struct kn_fused *f = n->fused;
+    struct kn_fused *f = n->fused;
+    int nops = n->nin + 1;
     void *ptrs[KN_JIT_MAX_OPERANDS + 1];
-    kn_tensor *dense[KN_JIT_MAX_OPERANDS] = {0}, *r = NULL;
-    const int64_t *shapes[KN_JIT_MAX_OPERANDS];
+    kn_tensor *conv[KN_JIT_MAX_OPERANDS] = {0}, *r = NULL;
+    const int64_t *shapes[KN_JIT_MAX_OPERANDS], *strides[KN_JIT_MAX_OPERANDS];
     int ranks[KN_JIT_MAX_OPERANDS];
     /* the domain: every operand broadcast together (and the result, unless one per row) */
     int64_t dom[KN_MAX_DIMS];
@@ -519,17 +559,16 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
     if (!f->row_out) memcpy(dom, now->shape, (size_t)nd * sizeof *dom);
     for (int j = 0; j < n->nin; j++) {
         kn_tensor *x = args[j];
-        if (x->ndim == 0) {  /* a scalar operand, as f32 the way the op converts it */
-            if (!(dense[j] = x->dtype == KN_F32 ? kn__ret(x) : kn_cast(x, KN_F32))) goto done;
+        if (x->ndim == 0 && x->dtype != KN_F32) {  /* a scalar operand, as f32 the way the op converts it */
+            if (!(x = conv[j] = kn_cast(x, KN_F32))) goto done;
         } else if (x->dtype != KN_F32) {
             kn__error("kn_call %s: a fused operand is %s where the plan expected f32", name, kn_dtype_name(x->dtype));
             goto done;
-        } else if (!(dense[j] = kn_is_contiguous(x) ? kn__ret(x) : kn_contiguous(x))) {
-            goto done;
         }
-        ptrs[j] = kn__ptr(dense[j]);
-        shapes[j] = dense[j]->shape;
-        ranks[j] = dense[j]->ndim;
+        ptrs[j] = kn__ptr(x);  /* strided views are read in place */
+        shapes[j] = x->shape;
+        strides[j] = x->strides;
+        ranks[j] = x->ndim;
         if (!kn__broadcast_shape(dom, nd, x->shape, x->ndim, dom, &nd)) {
             kn__error("kn_call %s: fused operands no longer broadcast together", name);
             goto done;
@@ -541,10 +580,11 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
                   kn__shape_str(dom, nd, b0), f->nd);
         goto done;
     }
-    kn_tensor *x = f->inplace >= 0 ? dense[f->inplace] : NULL;
-    /* references: the plan's and dense[]'s */
-    if (x && x == args[f->inplace] && atomic_load(&x->refcount) == 2 && atomic_load(&x->storage->refcount) == 1 &&
-        !x->requires_grad && x->ndim == now->ndim && !memcmp(x->shape, now->shape, (size_t)x->ndim * sizeof *x->shape))
+    kn_tensor *x = f->inplace >= 0 ? args[f->inplace] : NULL;
+    /* the plan holds the one reference */
+    if (x && atomic_load(&x->refcount) == 1 && atomic_load(&x->storage->refcount) == 1 && kn_is_contiguous(x) &&
+        x->dtype == KN_F32 && !x->requires_grad && x->ndim == now->ndim &&
+        !memcmp(x->shape, now->shape, (size_t)x->ndim * sizeof *x->shape))
         r = kn__ret(x);  /* written in place: the buffer dies here and nothing else holds it */
     else if (!(r = kn__alloc(now->shape, now->ndim, KN_F32)))
         goto done;
@@ -553,19 +593,20 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
     if (count > 0 && kn__numel(r->shape, r->ndim) > 0) {
         ptrs[n->nin] = kn__ptr(r);
         shapes[n->nin] = r->shape;
+        strides[n->nin] = NULL;  /* contiguous; a row result may lack the last dim */
         ranks[n->nin] = r->ndim;
         int64_t lay[1 + KN_MAX_DIMS * (KN_JIT_MAX_OPERANDS + 1)];
         uint8_t inner[KN_JIT_MAX_OPERANDS];
-        layout(dom, nd, n->nin + 1, shapes, ranks, f->rows, f->row_out, lay, inner);
-        if (memcmp(inner, f->inner, (size_t)n->nin + 1)) {
-            kn__error("kn_call %s: a fused kernel's operands changed which dims broadcast", name);
+        layout(dom, nd, nops, shapes, ranks, strides, f->rows, f->row_out, lay, inner);
+        kn_jit_kernel k = kernel_for(f, inner, nops);
+        if (!k) {
             kn__drop(r);
             r = NULL;
             goto done;
         }
-        ptrs[n->nin + 1] = lay;
+        ptrs[nops] = lay;
         int64_t len = lay[lay[0]], per = f->rows && len > 0 ? len : 1;
-        run_ctx c = {f->k, ptrs, false};
+        run_ctx c = {k, ptrs, false};
         kn__parallel_for(count, (1 << 14) / per > 0 ? (1 << 14) / per : 1, run_range, &c);
         if (c.failed) {
             kn__error("kn_call %s: a fused kernel failed", name);
@@ -574,6 +615,6 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
         }
     }
 done:
-    for (int j = 0; j < n->nin; j++) kn__drop(dense[j]);
+    for (int j = 0; j < n->nin; j++) kn__drop(conv[j]);
     return r;
 }
