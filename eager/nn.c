@@ -219,6 +219,54 @@ kn_tensor *kn_linear(kn_tensor *x, kn_tensor *w, kn_tensor *b) {
     return kn__record(KN_OP_linear, y, (kn_tensor *[]){x, w, b}, 3, NULL);
 }
 
+/* relu(kn_linear(x, w, b)) as one oneDNN matmul with the bias and the relu
+ * fused (the node of a plan's epilogue pass, trace/passes.c). The relu comes
+ * from oneDNN: it may give -0 where kn_relu gives +0. */
+kn_tensor *kn__linear_relu(kn_tensor *x, kn_tensor *w, kn_tensor *b) {
+    KN_CHECK("kn_linear_relu", x);
+    KN_CHECK("kn_linear_relu", w);
+    char s0[KN_SHAPE_BUF], s1[KN_SHAPE_BUF];
+    kn_tensor *in[3] = {x, w, b};
+    if (kn__needs_grad(in, 3))
+        return kn__error("kn_linear_relu: the fused op has no derivative and an input requires grad "
+                         "with grad mode on (a plan fuses it only for values that need no gradient; "
+                         "use kn_relu(kn_linear(x, w, b)) where gradients are needed)");
+    if (x->dtype != KN_F32 || w->dtype != KN_F32 || (b && b->dtype != KN_F32))
+        return kn__error("kn_linear_relu: f32 only (got %s, %s, %s)", kn_dtype_name(x->dtype),
+                         kn_dtype_name(w->dtype), b ? kn_dtype_name(b->dtype) : "no bias");
+    if (w->ndim != 2 || x->ndim == 0 || x->shape[x->ndim - 1] != w->shape[1] ||
+        (b && (b->ndim != 1 || b->shape[0] != w->shape[0])))
+        return kn__error("kn_linear_relu: shapes %s and %s%s do not fit [...,K] @ [N,K]^T + [N]",
+                         kn__shape_str(x->shape, x->ndim, s0), kn__shape_str(w->shape, w->ndim, s1),
+                         b ? " with a bias" : "");
+    int64_t K = w->shape[1], N = w->shape[0], M = K ? kn__tnumel(x) / K : 0;
+    int64_t shape[KN_MAX_DIMS];
+    memcpy(shape, x->shape, (size_t)x->ndim * sizeof *shape);
+    shape[x->ndim - 1] = N;
+    /* oneDNN reads x as rows of K at a row stride, and w row- or column-major. */
+    int64_t ldx = K, w_rs = K, w_cs = 1;
+    kn_tensor *xd, *wd, *bd = b ? dense(b, KN_F32) : NULL;
+    if (kn_is_contiguous(x)) xd = kn__ret(x);
+    else if (x->ndim == 2 && x->strides[1] == 1 && x->strides[0] >= K) xd = kn__ret(x), ldx = x->strides[0];
+    else xd = dense(x, KN_F32);
+    if (kn_is_contiguous(w)) wd = kn__ret(w);
+    else if (w->strides[0] == 1 && w->strides[1] >= N) wd = kn__ret(w), w_rs = 1, w_cs = w->strides[1];
+    else wd = dense(w, KN_F32);
+    kn_tensor *out = kn__alloc(shape, x->ndim, KN_F32);
+    if (!xd || !wd || (b && !bd) || !out) goto fail;
+    if (kn__linear_f32("kn_linear_relu", M, N, K, (const float *)kn__ptr(xd), ldx, (const float *)kn__ptr(wd),
+                       w_rs, w_cs, bd ? (const float *)kn__ptr(bd) : NULL, (float *)kn__ptr(out), KN_ACT_RELU) == 0)
+        goto done;
+fail:
+    kn__drop(out);
+    out = NULL;
+done:
+    kn__drop(xd);
+    kn__drop(wd);
+    kn__drop(bd);
+    return kn__record(KN_OP_linear_relu, out, in, 3, NULL);
+}
+
 /* ---- softmax and log_softmax ---- */
 /* x is seen as [outer, L, inner] with softmax over L. Rows (inner == 1) are
  * contiguous; otherwise a tile of up to MAX_COLS columns is processed at once,

@@ -1,6 +1,7 @@
-/* Passes over a recorded trace: constant folding, common-subexpression
- * elimination, algebraic simplification and dead-code elimination (which
- * also drops the autograd nodes no output or side effect needs). */
+/* Passes over a recorded trace: write forwarding, constant folding,
+ * common-subexpression elimination, algebraic simplification, dead writes,
+ * dead-code elimination (which also drops the autograd nodes no output or
+ * side effect needs) and matmul epilogues. */
 #include "ir.h"
 #include <stdlib.h>
 #include <string.h>
@@ -54,11 +55,27 @@ static int identity_of(const kn_trace *tr, const tnode *n) {
     return keep >= 0 && same_shape(&tr->vals[keep], out) ? keep : -1;
 }
 
-/* reshape(reshape(x)) reads x directly. */
-static void skip_reshape_chain(kn_trace *tr, tnode *n) {
+/* A value no write of the plan can change: a constant or a computed result
+ * (a view follows its source; a kn_cond result may be what a branch read). */
+static bool unchanging(const kn_trace *tr, int id) {
+    while (id >= 0) {
+        const tvalue *v = &tr->vals[id];
+        if (v->kind == V_CONST) return true;
+        if (v->kind != V_NODE) return false;
+        const tnode *m = &tr->nodes[v->index];
+        if (m->kind != N_OP) return false;
+        if (kn_op_table[m->op].kind != KN_KIND_VIEW) return true;
+        id = m->in[0];
+    }
+    return false;
+}
+
+/* reshape(reshape(x)) reads x directly. In a plan that writes, only when x
+ * cannot change: the inner reshape may have been a copy taken before a write. */
+static void skip_reshape_chain(kn_trace *tr, tnode *n, bool writes) {
     if (n->op != KN_OP_reshape || n->in[0] < 0 || tr->vals[n->in[0]].kind != V_NODE) return;
     const tnode *m = &tr->nodes[tr->vals[n->in[0]].index];
-    if (m->kind == N_OP && m->op == KN_OP_reshape) n->in[0] = m->in[0];
+    if (m->kind == N_OP && m->op == KN_OP_reshape && (!writes || unchanging(tr, m->in[0]))) n->in[0] = m->in[0];
 }
 
 /* Same op on the same values with the same params and result type: some ops
@@ -96,6 +113,168 @@ static int fold(kn_trace *tr, const tnode *n) {
     return n->out;
 }
 
+/* ---- write forwarding and dead writes ----
+ * kn_mul_(m, b1) then kn_add_(m, u) records write(m, m*b1) and a read of m
+ * after it. Reading the written value instead (forwarding) and dropping a
+ * write that a later write to the same tensor overwrites before anyone reads
+ * it turns the pair into one expression written once, which fusion can then
+ * compile into one kernel. Both need to know which values may share storage. */
+
+#define ROOT_FRESH (-1)  /* storage of its own that no write of the plan reaches */
+#define ROOT_ANY (-2)    /* may share storage with any tensor */
+
+/* Where each value's storage comes from: a capture or a gradient (its own
+ * value id; gradients are copies kn_backward made, so they share nothing),
+ * ROOT_ANY for inputs (a caller may pass a view of a capture) and kn_cond
+ * results (a branch may return what it reads), ROOT_FRESH for results of
+ * computing ops and constants; views share their source's root. */
+static void root_of_leaves(const kn_trace *tr, int *root) {
+    for (int v = 0; v < tr->nvals; v++) {
+        vkind k = tr->vals[v].kind;
+        root[v] = k == V_CAPTURE || k == V_GRAD ? v : k == V_INPUT ? ROOT_ANY : ROOT_FRESH;
+    }
+}
+
+static void root_of_results(const tnode *n, int *root) {
+    if (n->out < 0) return;
+    if (n->kind == N_COND) {
+        for (int k = 0; k < n->nout; k++) root[n->out + k] = ROOT_ANY;
+    } else if (n->kind == N_OP) {
+        bool view = kn_op_table[n->op].kind == KN_KIND_VIEW && n->in[0] >= 0;
+        root[n->out] = view ? root[n->in[0]] : ROOT_FRESH;
+    }
+}
+
+/* Value u may share storage with capture x. */
+static bool may_alias(const kn_trace *tr, const int *root, int u, int x) {
+    int r = u >= 0 ? root[u] : ROOT_FRESH;
+    if (r == ROOT_ANY || r == x) return true;
+    if (r == ROOT_FRESH || tr->vals[r].kind != V_CAPTURE) return false;
+    return tr->vals[r].t->storage == tr->vals[x].t->storage;
+}
+
+static bool same_dims(const tvalue *a, const tvalue *b) {
+    return a->ndim == b->ndim && !memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof(int64_t));
+}
+
+/* v has capture x's shape at every call, or its node fails its shape check:
+ * x's static shape, or an elementwise result of x's shape with an operand
+ * that has it (broadcasting gives that shape or fails). A symbolic dim that
+ * only coincides with x's (a batch of 128 and 128 features) might not. */
+static bool pinned_to(const kn_trace *tr, int v, int x, int depth) {
+    const tvalue *tv = &tr->vals[v], *tx = &tr->vals[x];
+    if (!same_dims(tv, tx)) return false;
+    bool symbolic = false;
+    for (int d = 0; d < tv->ndim; d++) symbolic |= tv->sym[d] >= 0;
+    if (!symbolic) return true;
+    if (tv->kind != V_NODE || depth == 0) return false;
+    const tnode *n = &tr->nodes[tv->index];
+    if (n->kind != N_OP || kn_op_table[n->op].kind != KN_KIND_ELEMENTWISE) return false;
+    for (int j = 0; j < n->nin; j++)
+        if (n->in[j] >= 0 && pinned_to(tr, n->in[j], x, depth - 1)) return true;
+    return false;
+}
+
+/* A capture whose writes we may forward and drop: after write(x, v) its
+ * elements are exactly v's (contiguous: no element stored twice), and no
+ * autograd graph at call time depends on reading x itself. */
+static bool tracked_target(const kn_trace *tr, int x) {
+    const tvalue *v = x >= 0 ? &tr->vals[x] : NULL;
+    return v && v->kind == V_CAPTURE && kn_is_contiguous(v->t) && !(v->t->requires_grad && !tr->has_backward);
+}
+
+/* Input j of n may read a forwarded value in place of the tensor: not the
+ * target of a write or a gradient assignment (identity matters there), not a
+ * view (it would keep reading the tensor after later writes), not a kn_cond
+ * (a branch may return its input as the result), and not an op that records
+ * autograd at call time (it saves the tensor and checks its version). */
+static bool reads_data(const kn_trace *tr, const tnode *n, int j) {
+    if (n->kind == N_WRITE) return j == 1;
+    if (n->kind != N_OP || kn_op_table[n->op].kind == KN_KIND_VIEW) return false;
+    return !(tr->vals[n->out].requires_grad && !tr->has_backward);
+}
+
+/* True when every write targets an input, a capture or a gradient, which any
+ * kept plan guarantees (a write into a tensor made by the body is state, and
+ * such a trace is not kept). */
+static bool writes_external(const kn_trace *tr) {
+    for (int i = 0; i < tr->nnodes; i++) {
+        const tnode *n = &tr->nodes[i];
+        if (n->kind != N_WRITE) continue;
+        vkind k = n->in[0] >= 0 ? tr->vals[n->in[0]].kind : V_NODE;
+        if (k != V_INPUT && k != V_CAPTURE && k != V_GRAD) return false;
+    }
+    return true;
+}
+
+/* After write(x, v), reads of x take v until a write that may touch x. */
+static void forward_writes(kn_trace *tr, int *root) {
+    int *fw = malloc(((size_t)tr->nvals + 1) * sizeof *fw), *active = malloc(((size_t)tr->nvals + 1) * sizeof *active);
+    if (!fw || !active || !writes_external(tr)) {
+        free(fw);
+        free(active);
+        return;
+    }
+    int nactive = 0;
+    for (int v = 0; v < tr->nvals; v++) fw[v] = -1;
+    root_of_leaves(tr, root);
+    for (int i = 0; i < tr->nnodes; i++) {
+        tnode *n = &tr->nodes[i];
+        for (int j = 0; j < n->nin; j++)
+            if (n->in[j] >= 0 && fw[n->in[j]] >= 0 && reads_data(tr, n, j)) n->in[j] = fw[n->in[j]];
+        root_of_results(n, root);
+        if (n->kind != N_WRITE) continue;
+        int x = n->in[0], v = n->in[1];
+        for (int a = 0; a < nactive; a++)  /* this write may change what those tensors hold */
+            if (may_alias(tr, root, x, active[a])) {
+                fw[active[a]] = -1;
+                active[a--] = active[--nactive];
+            }
+        /* v: a computed value (never written: storage of its own) of x's dtype
+         * and shape. Where a call gives v another shape (symbolic sizes), the
+         * write fails before any forwarded read: sizes that are 1 are part of
+         * the signature, so the write cannot broadcast. */
+        if (!tracked_target(tr, x) || v < 0 || tr->vals[v].kind != V_NODE || root[v] != ROOT_FRESH ||
+            !same_shape(&tr->vals[v], &tr->vals[x]) || (tr->vals[v].requires_grad && !tr->has_backward))
+            continue;
+        fw[x] = v;
+        active[nactive++] = x;
+    }
+    free(fw);
+    free(active);
+}
+
+/* write(x, v) is dead when a later write(x, w) overwrites all of x (a write
+ * always covers its whole target) and nothing in between reads or writes
+ * anything that may share x's storage. kn_cond nodes count as reading
+ * everything: their branches may read captures directly. v must fit x at
+ * every call, or dropping the write would hide the error eager reports. */
+static void drop_dead_writes(const kn_trace *tr, int *root, bool *dead) {
+    if (!writes_external(tr)) return;
+    root_of_leaves(tr, root);
+    for (int i = 0; i < tr->nnodes; i++)
+        if (!dead[i]) root_of_results(&tr->nodes[i], root);
+    for (int i = 0; i < tr->nnodes; i++) {
+        const tnode *w = &tr->nodes[i];
+        if (dead[i] || w->kind != N_WRITE || !tracked_target(tr, w->in[0]) || w->in[1] < 0 ||
+            (tr->vals[w->in[1]].ndim > 0 && !pinned_to(tr, w->in[1], w->in[0], 8)))
+            continue;
+        int x = w->in[0];
+        for (int k = i + 1; k < tr->nnodes; k++) {
+            const tnode *n = &tr->nodes[k];
+            if (dead[k]) continue;
+            if (n->kind == N_COND) break;
+            if (n->kind == N_WRITE && n->in[0] == x && !may_alias(tr, root, n->in[1], x)) {
+                dead[i] = true;
+                break;
+            }
+            bool touches = false;
+            for (int j = 0; j < n->nin && !touches; j++) touches = may_alias(tr, root, n->in[j], x);
+            if (touches) break;
+        }
+    }
+}
+
 static void optimize(kn_trace *tr, int *outs, int nout, bool *dead) {
     int *rep = malloc(((size_t)tr->nvals + 1) * sizeof *rep);
     int *seen = malloc(((size_t)tr->nnodes + 1) * sizeof *seen);  /* CSE candidates */
@@ -106,6 +285,8 @@ static void optimize(kn_trace *tr, int *outs, int nout, bool *dead) {
     }
     for (int v = 0; v < tr->nvals; v++) rep[v] = v;
     int nseen = 0;
+    bool writes = false;
+    for (int i = 0; i < tr->nnodes; i++) writes |= tr->nodes[i].kind == N_WRITE;
     for (int i = 0; i < tr->nnodes; i++) {
         tnode *n = &tr->nodes[i];
         for (int j = 0; j < n->nin; j++)
@@ -116,8 +297,11 @@ static void optimize(kn_trace *tr, int *outs, int nout, bool *dead) {
         }
         bool is_output = false;
         for (int k = 0; k < nout; k++) is_output |= outs[k] == n->out;
-        skip_reshape_chain(tr, n);
+        skip_reshape_chain(tr, n, writes);
         int same = is_output ? -1 : identity_of(tr, n);
+        /* x*1 is a copy of x taken at that point: once the plan writes, it may
+         * stand for x only if x cannot change (undoing a permute is a view). */
+        if (same >= 0 && writes && n->op != KN_OP_permute && !unchanging(tr, same)) same = -1;
         if (same >= 0) {
             rep[n->out] = same;
             dead[i] = true;
@@ -164,6 +348,63 @@ void kn__plan_compact(plan *pl, const bool *dead, const int *outs, int nout) {
         if (outs[k] >= 0) pl->last_use[outs[k]] = INT32_MAX;
 }
 
+/* ---- matmul epilogues ----
+ * relu(linear(x, w, b)) becomes one linear_relu node: one oneDNN matmul with
+ * the bias and a relu post-op, so the linear's result is never stored and
+ * re-read (4-15% faster than sgemm then relu at [64..256,784]x[128,784]).
+ * The op records no autograd, so it replaces only nodes that need none at
+ * call time (the rule fusion uses): inference plans, in practice, since a
+ * training step's backward reads the linear's result too. KN_EPILOGUE=0
+ * turns it off. */
+static bool epilogues_on(void) {
+    static int off = -1;
+    if (off < 0) {
+        const char *e = getenv("KN_EPILOGUE");
+        off = e && !strcmp(e, "0");
+    }
+    return !off;
+}
+
+static bool epilogue_ok(const kn_trace *tr, const tnode *l, const tnode *r) {
+    const tvalue *lo = &tr->vals[l->out], *ro = &tr->vals[r->out];
+    if (l->kind != N_OP || l->op != KN_OP_linear || lo->dtype != KN_F32 || ro->dtype != KN_F32) return false;
+    if ((lo->requires_grad || ro->requires_grad) && !tr->has_backward) return false;
+    for (int j = 0; j < l->nin; j++)
+        if (l->in[j] >= 0 && tr->vals[l->in[j]].dtype != KN_F32) return false;
+    return l->nin >= 2 && l->in[0] >= 0 && l->in[1] >= 0;
+}
+
+static void fuse_epilogues(plan *pl, const int *outs, int nout) {
+    kn_trace *tr = pl->tr;
+    if (!epilogues_on()) return;
+    int *uses = calloc((size_t)tr->nvals + 1, sizeof *uses);
+    bool *dead = calloc((size_t)tr->nnodes + 1, sizeof *dead), any = false;
+    if (!uses || !dead) goto done;
+    for (int i = 0; i < tr->nnodes; i++)
+        for (int j = 0; j < tr->nodes[i].nin; j++)
+            if (tr->nodes[i].in[j] >= 0) uses[tr->nodes[i].in[j]]++;
+    for (int k = 0; k < nout; k++)
+        if (outs[k] >= 0) uses[outs[k]] += 2;  /* an output is kept as it is */
+    for (int i = 0; i < tr->nnodes; i++) {
+        tnode *r = &tr->nodes[i];
+        if (r->kind != N_OP || r->op != KN_OP_relu || r->in[0] < 0 || tr->vals[r->in[0]].kind != V_NODE ||
+            uses[r->in[0]] != 1)
+            continue;
+        int li = tr->vals[r->in[0]].index;
+        tnode *l = &tr->nodes[li];
+        if (!epilogue_ok(tr, l, r)) continue;
+        /* The linear's node computes the relu's value: it reads its inputs
+         * where it always did, before any write that follows it. */
+        l->op = KN_OP_linear_relu;
+        l->out = r->out;
+        dead[i] = any = true;
+    }
+    if (any) kn__plan_compact(pl, dead, outs, nout);
+done:
+    free(uses);
+    free(dead);
+}
+
 bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
     if (dump_ir()) {
         fprintf(stderr, "KN_DUMP=ir: %s as recorded\n", tr->name);
@@ -177,7 +418,11 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
         free(dead);
         return false;
     }
+    int *root = malloc(((size_t)tr->nvals + 1) * sizeof *root);
+    if (root) forward_writes(tr, root);
     optimize(tr, outs, nout, dead);
+    if (root) drop_dead_writes(tr, root, dead);
+    free(root);
     /* Dead code: keep what reaches an output or a side effect. */
     for (int k = 0; k < nout; k++)
         if (outs[k] >= 0) live[outs[k]] = true;
@@ -189,6 +434,7 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
             if (n->in[j] >= 0) live[n->in[j]] = true;
     }
     kn__plan_compact(pl, dead, outs, nout);
+    fuse_epilogues(pl, outs, nout);
     pl->captures = malloc(((size_t)tr->nvals + 1) * sizeof *pl->captures);
     for (int v = 0; pl->captures && v < tr->nvals; v++)
         if (tr->vals[v].kind == V_CAPTURE && pl->last_use[v] >= 0) pl->captures[pl->ncaptures++] = v;
@@ -205,7 +451,7 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
     free(live);
     free(dead);
     if (dump_ir()) {
-        fprintf(stderr, "KN_DUMP=ir: %s after folding, CSE, simplification and dead-code elimination\n",
+        fprintf(stderr, "KN_DUMP=ir: %s after the passes (forwarding, folding, CSE, simplification, dead code, epilogues)\n",
                 tr->name);
         kn__dump_trace(stderr, tr, outs, nout, pl->last_use);
     }

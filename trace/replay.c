@@ -1,6 +1,7 @@
 /* The reference executor: runs a plan node by node through the same eager
  * ops, freeing each value after its last use. */
 #include "ir.h"
+#include "../backends/cpu/onednn.h"
 #include "../eager/conv.h"
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,7 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
     case KN_OP_index_add: return kn_index_add(a[0], (int)p->i[0], a[1], a[2]);
     case KN_OP_matmul: return kn_matmul(a[0], a[1]);
     case KN_OP_linear: return kn_linear(a[0], a[1], n->nin > 2 ? a[2] : NULL);
+    case KN_OP_linear_relu: return kn__linear_relu(a[0], a[1], n->nin > 2 ? a[2] : NULL);
     case KN_OP_softmax: return kn_softmax(a[0], (int)p->i[0]);
     case KN_OP_log_softmax: return kn_log_softmax(a[0], (int)p->i[0]);
     case KN_OP_layer_norm:

@@ -75,8 +75,10 @@ int kn__shadow_call(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **
         const tnode *n = &tr->nodes[k];
         if ((n->kind != N_OP && n->kind != N_FUSED) || !all[n->out]) continue;
         int id = n->out;
-        bool aligned = id < et->nvals && et->vals[id].kind == V_NODE && et->vt && et->vt[id] &&
-                       et->nodes[et->vals[id].index].op == n->op;
+        kn_op eop = id < et->nvals && et->vals[id].kind == V_NODE ? et->nodes[et->vals[id].index].op : KN_OP_COUNT;
+        /* a linear_relu node stands where eager recorded the relu */
+        bool aligned = et->vt && id < et->nvals && et->vt[id] &&
+                       (eop == n->op || (n->op == KN_OP_linear_relu && eop == KN_OP_relu));
         double va = NAN, vb = NAN;
         int64_t at = aligned ? first_difference(all[id], et->vt[id], &va, &vb) : 0;
         if (at < 0) continue;
