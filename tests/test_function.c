@@ -348,7 +348,7 @@ Test(function, dump_and_eager_mode) {
     FILE *m = open_memstream(&buf, &len);
     kn_fn_dump(f, m);
     fclose(m);
-    cr_assert(strstr(buf, "kn_function scale") && strstr(buf, "= add(%0, %1) f32[2,3]") &&
+    cr_assert(strstr(buf, "kn_function scale") && strstr(buf, "= fused<2 ops, last mul>(%0, %1) f32[2,3]") &&
               strstr(buf, "capture f32[3]") && strstr(buf, "return"), "%s", buf);
     free(buf);
     kn_run_functions_eagerly(true);

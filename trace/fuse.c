@@ -54,18 +54,18 @@ static bool ew_op(kn_op op) {
     }
 }
 
+/* Shapes at trace time. Symbols are not compared: a weight's fixed 784 and
+ * an input's symbolic 784 meet in one kernel, and each call broadcasts the
+ * actual operands together, failing where eager's op would. */
 static bool same_shape(const tvalue *a, const tvalue *b) {
-    return a->ndim == b->ndim && !memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof(int64_t)) &&
-           !memcmp(a->sym, b->sym, (size_t)a->ndim * sizeof a->sym[0]);
+    return a->ndim == b->ndim && !memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof(int64_t));
 }
 
 /* a broadcasts to b (right-aligned, a's dims equal to b's or 1). */
 static bool broadcasts_to(const tvalue *a, const tvalue *b) {
     if (a->ndim > b->ndim) return false;
-    for (int d = 0; d < a->ndim; d++) {
-        int e = d + b->ndim - a->ndim;
-        if (a->shape[d] != 1 && (a->shape[d] != b->shape[e] || a->sym[d] != b->sym[e])) return false;
-    }
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != 1 && a->shape[d] != b->shape[d + b->ndim - a->ndim]) return false;
     return true;
 }
 
