@@ -14,6 +14,9 @@ typedef struct kn_storage {
     kn_device device;
     void *data;          /* KN_ALIGN-aligned */
     atomic_ulong version; /* bumped by in-place writes (autograd checks it) */
+    struct kn_arena_block *arena_block; /* data lies in a plan's arena block; NULL: own block */
+    uint64_t arena_run;   /* the plan run that allocated it (0: none), which logs its release */
+    int32_t arena_seq;    /* its allocation index in that run */
 } kn_storage;
 
 struct kn_tensor {
@@ -77,6 +80,35 @@ static inline char *kn__ptr(const kn_tensor *t) {
 }
 /* Normalizes dim into [0, ndim); -1 with an error naming op otherwise. */
 int kn__dim(const char *op, int dim, int ndim);
+
+/* ---- plan arenas (core/tensor.c) ----
+ * While kn__run_plan runs a plan, kn__arena_active is the plan's arena and
+ * every storage allocation on this thread goes through it: the run logs each
+ * allocation's size and whether it was released before the run ended. From
+ * that log the arena lays out the allocations that died inside the run in
+ * one block by liveness; later runs hand the k-th allocation its slot of the
+ * block when it fits and no live storage overlaps it, else fall back to the
+ * normal allocator. A log that differs from the layout re-plans it. */
+typedef struct kn_arena kn_arena;
+extern _Thread_local kn_arena *kn__arena_active;
+kn_arena *kn__arena_new(void);  /* NULL when out of memory: plans run without one */
+/* Frees a (NULL is fine); storages still in its block keep the block alive. */
+void kn__arena_free(kn_arena *a);
+/* Starts a run of a on this thread; returns the arena to pass to leave,
+ * which restores it (kn_cond branches run nested). ok: the run finished,
+ * so its log may re-plan the layout. */
+kn_arena *kn__arena_enter(kn_arena *a);
+void kn__arena_leave(kn_arena *a, kn_arena *prev, bool ok);
+/* Bytes of a's block: the planned peak of its internal values (0: no layout yet). */
+int64_t kn__arena_bytes(const kn_arena *a);
+/* A zeroed buffer of bytes that a keeps for its runs; NULL on failure. */
+void *kn__arena_scratch(kn_arena *a, size_t bytes);
+/* Counters of this thread, for tests: storage blocks taken from the system
+ * allocator or the shared block cache (arena blocks included), tensor
+ * structs from malloc, and acquisitions of the shared cache's lock. */
+uint64_t kn__sys_allocs(void);
+uint64_t kn__tensor_mallocs(void);
+uint64_t kn__cache_locks(void);
 
 /* ---- dtypes (core/dtype.c) ---- */
 static inline bool kn__is_float(kn_dtype d) { return d == KN_F32 || d == KN_F64; }

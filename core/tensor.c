@@ -3,6 +3,7 @@
 #include "../trace/trace.h"
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +43,9 @@ typedef struct { kn_tensor **items; int64_t n, cap; } pool;
 #define MAX_POOLS 64
 static _Thread_local pool pools[MAX_POOLS];
 static _Thread_local int pool_depth;
+#define POOL_KEEP 1024  /* entries of a list kept when the pools empty */
+static void pools_trim(size_t keep);
+static void thread_register(void);
 
 static void pool_add(kn_tensor *t) {
     if (pool_depth == 0) return;
@@ -50,6 +54,7 @@ static void pool_add(kn_tensor *t) {
         int64_t cap = p->cap ? p->cap * 2 : 256;
         kn_tensor **items = realloc(p->items, (size_t)cap * sizeof *items);
         if (!items) return;  /* untracked: the reference leaks, nothing crashes */
+        thread_register();
         p->items = items;
         p->cap = cap;
     }
@@ -93,12 +98,17 @@ void kn_pool_pop(void) {
         kn_release(t);
     }
     pool_depth--;
-    if (pool_depth == 0) {
-        for (int i = 0; i < MAX_POOLS && pools[i].items; i++) {
+    if (pool_depth == 0) pools_trim(POOL_KEEP);
+}
+
+/* Frees the reference lists of empty pools longer than keep entries; the
+ * others stay for the next push (thread_exit frees them). */
+static void pools_trim(size_t keep) {
+    for (int i = pool_depth; i < MAX_POOLS; i++)
+        if (pools[i].items && (size_t)pools[i].cap > keep) {
             free(pools[i].items);
             pools[i] = (pool){0};
         }
-    }
 }
 
 kn_tensor *kn_keep(kn_tensor *t) {
@@ -129,6 +139,30 @@ void kn__drop(kn_tensor *t) {
 }
 
 /* ---- storage and tensor objects ---- */
+/* Counters of this thread (kn__sys_allocs and friends, for tests). */
+static _Thread_local uint64_t sys_allocs, tensor_mallocs, cache_locks;
+uint64_t kn__sys_allocs(void) { return sys_allocs; }
+uint64_t kn__tensor_mallocs(void) { return tensor_mallocs; }
+uint64_t kn__cache_locks(void) { return cache_locks; }
+
+/* Memory the allocator keeps for reuse (arena slots, cached tensor structs)
+ * is poisoned under ASan, so a use after release is still reported. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KN_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) || defined(KN_ASAN)
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+static size_t round_up(size_t n) { return (n + KN_ALIGN - 1) & ~(size_t)(KN_ALIGN - 1); }
+
 /* Large blocks are kept in a small cache when freed: a fresh large
  * allocation is mmap'ed and page-faults on first touch, which halved the
  * bandwidth of an eager op over 16M floats and dominated an MLP train step.
@@ -146,6 +180,7 @@ static struct {
 static kn_storage *cache_take(size_t total) {
     if (total < CACHE_MIN) return NULL;
     pthread_mutex_lock(&cache.lock);
+    cache_locks++;
     int best = -1;
     for (int i = 0; i < CACHE_SLOTS; i++) {
         kn_storage *c = cache.slot[i];
@@ -167,6 +202,7 @@ static bool cache_put(kn_storage *s) {
     if (s->capacity < CACHE_MIN) return false;
     bool kept = false;
     pthread_mutex_lock(&cache.lock);
+    cache_locks++;
     for (int i = 0; i < CACHE_SLOTS && !kept && cache.bytes + s->capacity <= CACHE_MAX_BYTES; i++)
         if (!cache.slot[i]) {
             cache.slot[i] = s;
@@ -192,31 +228,388 @@ static void mem_add(int64_t n) {
     while (now > p && !atomic_compare_exchange_weak(&mem_peak, &p, now)) {}
 }
 
+/* A storage's header takes the first bytes of its own block. */
+#define STORAGE_HEAD round_up(sizeof(kn_storage))
+
+static void storage_free(kn_storage *s) {
+    if (!cache_put(s)) free(s);
+}
+
+/* ---- plan arenas (see core/internal.h) ----
+ * A block holds one storage header per allocation of the layout and the
+ * planned bytes. Slot storages point into it and each holds a reference to
+ * it, so a storage that outlives its run (or its plan) keeps it alive. */
+_Thread_local kn_arena *kn__arena_active;
+static atomic_ullong run_serial;
+
+#define SLOT_FREE (-1)  /* refcount of a header no storage uses */
+#define BIN_SLOTS 16
+
+typedef struct kn_arena_block {
+    atomic_long refs;   /* the arena's, while it still hands slots out, + one per live slot storage */
+    kn_storage *hdr;    /* per allocation index of the layout */
+    char *data;
+    size_t bytes;
+} arena_block;
+
+/* One allocation of a run: its bytes, and how many allocations the run had
+ * made when it was released (-1: it outlived the run). */
+typedef struct { size_t bytes; int32_t freed; } arena_event;
+
+struct kn_arena {
+    uint64_t run;        /* serial of the current run: storages carry it to log their release */
+    /* the layout, planned from one run's log */
+    int n;               /* allocations of that run */
+    int64_t *off;        /* per allocation: offset of its slot, -1 if it is not a slot */
+    size_t *cap;         /* per allocation: bytes of its slot */
+    int *ovl_at, *ovl;   /* slots whose bytes overlap slot i: ovl[ovl_at[i] .. ovl_at[i + 1]) */
+    size_t bytes;        /* the block's size: planned peak */
+    arena_block *block;  /* NULL until a run needs one */
+    /* the current run */
+    arena_event *log;
+    int nlog, caplog;
+    bool deviated;       /* a request broke the layout: re-plan from this run */
+    bool lost;           /* the log is incomplete (out of memory): no slots, no re-plan */
+    kn_storage *bin[BIN_SLOTS]; /* own blocks released during the run, for its later fallbacks */
+    int nbin;
+    void *scratch;
+    size_t scratch_bytes;
+};
+
+kn_arena *kn__arena_new(void) { return calloc(1, sizeof(kn_arena)); }
+
+int64_t kn__arena_bytes(const kn_arena *a) { return a ? (int64_t)a->bytes : 0; }
+
+void *kn__arena_scratch(kn_arena *a, size_t bytes) {
+    if (bytes > a->scratch_bytes) {
+        void *p = realloc(a->scratch, bytes);
+        if (!p) return NULL;
+        a->scratch = p;
+        a->scratch_bytes = bytes;
+    }
+    memset(a->scratch, 0, bytes);
+    return a->scratch;
+}
+
+static void block_release(arena_block *b) {
+    if (atomic_fetch_sub(&b->refs, 1) != 1) return;
+    UNPOISON(b->data, b->bytes);
+    free(b);
+}
+
+static arena_block *block_new(const kn_arena *a) {
+    size_t head = round_up(sizeof(arena_block)), hdrs = round_up((size_t)a->n * sizeof(kn_storage));
+    char *p = aligned_alloc(KN_ALIGN, head + hdrs + a->bytes);
+    if (!p) return NULL;
+    sys_allocs++;
+    arena_block *b = (arena_block *)p;
+    atomic_init(&b->refs, 1);
+    b->hdr = (kn_storage *)(p + head);
+    b->data = p + head + hdrs;
+    b->bytes = a->bytes;
+    for (int i = 0; i < a->n; i++) atomic_init(&b->hdr[i].refcount, SLOT_FREE);
+    POISON(b->data, b->bytes);
+    return b;
+}
+
+/* The slot of this run's next allocation, if the layout has one that fits
+ * and no live storage uses any of its bytes; NULL otherwise. */
+static kn_storage *arena_take(kn_arena *a, size_t nbytes) {
+    int k = a->nlog;
+    if (a->lost) return NULL;
+    if (k >= a->n) {  /* more allocations than the layout's run made */
+        a->deviated = true;
+        return NULL;
+    }
+    arena_block *b = a->block;
+    if (a->off[k] < 0 || !b) return NULL;
+    bool free_now = nbytes <= a->cap[k] && atomic_load(&b->hdr[k].refcount) == SLOT_FREE;
+    for (int i = a->ovl_at[k]; free_now && i < a->ovl_at[k + 1]; i++)
+        free_now = atomic_load(&b->hdr[a->ovl[i]].refcount) == SLOT_FREE;
+    if (!free_now) {  /* sizes or lifetimes changed: this allocation falls back */
+        a->deviated = true;
+        return NULL;
+    }
+    kn_storage *s = &b->hdr[k];
+    s->capacity = 0;
+    s->data = b->data + a->off[k];
+    s->arena_block = b;
+    atomic_fetch_add(&b->refs, 1);
+    UNPOISON(s->data, nbytes);
+    return s;
+}
+
+/* Keeps a block released during the run for a later fallback of the run. */
+static bool bin_put(kn_arena *a, kn_storage *s) {
+    if (a->nbin == BIN_SLOTS) return false;
+    POISON((char *)s + STORAGE_HEAD, s->capacity - STORAGE_HEAD);
+    a->bin[a->nbin++] = s;
+    return true;
+}
+
+/* Best fit of the bin for a block of total bytes (at most twice that). */
+static kn_storage *bin_take(kn_arena *a, size_t total) {
+    int best = -1;
+    for (int i = 0; i < a->nbin; i++) {
+        size_t c = a->bin[i]->capacity;
+        if (c >= total && c <= 2 * total && (best < 0 || c < a->bin[best]->capacity)) best = i;
+    }
+    if (best < 0) return NULL;
+    kn_storage *s = a->bin[best];
+    a->bin[best] = a->bin[--a->nbin];
+    UNPOISON((char *)s + STORAGE_HEAD, s->capacity - STORAGE_HEAD);
+    return s;
+}
+
+static bool log_push(kn_arena *a, size_t nbytes) {
+    if (a->nlog == a->caplog) {
+        int cap = a->caplog ? a->caplog * 2 : 64;
+        arena_event *l = realloc(a->log, (size_t)cap * sizeof *l);
+        if (!l) return false;
+        a->log = l;
+        a->caplog = cap;
+    }
+    a->log[a->nlog++] = (arena_event){nbytes, -1};
+    return true;
+}
+
+kn_arena *kn__arena_enter(kn_arena *a) {
+    kn_arena *prev = kn__arena_active;
+    a->run = atomic_fetch_add(&run_serial, 1) + 1;
+    a->nlog = 0;
+    a->deviated = a->lost = false;
+    /* A storage of an earlier run still uses the block (an output kept a
+     * view, a kn_cond took the other branch): this run gets a fresh block,
+     * and the old one goes with its last storage. */
+    if (a->block && atomic_load(&a->block->refs) > 1) {
+        block_release(a->block);
+        a->block = NULL;
+    }
+    if (!a->block && a->bytes > 0) a->block = block_new(a);
+    kn__arena_active = a;
+    return prev;
+}
+
+typedef struct { size_t cap; int i; } by_size;
+static int larger_first(const void *x, const void *y) {
+    const by_size *a = x, *b = y;
+    return a->cap != b->cap ? (a->cap < b->cap ? 1 : -1) : a->i - b->i;
+}
+
+static void layout_free(kn_arena *a) {
+    free(a->off);
+    free(a->cap);
+    free(a->ovl_at);
+    free(a->ovl);
+    a->off = NULL;
+    a->cap = NULL;
+    a->ovl_at = a->ovl = NULL;
+    a->n = 0;
+    a->bytes = 0;
+    if (a->block) block_release(a->block);
+    a->block = NULL;
+}
+
+/* Lays out the allocations the last run released before it ended, largest
+ * first, each at the lowest offset clear of every slot whose lifetime
+ * overlaps its own, so values that are never alive together share bytes.
+ * Then lists, per slot, the slots whose bytes overlap it (arena_take checks
+ * that they are all released). */
+static void arena_plan(kn_arena *a) {
+    layout_free(a);
+    int n = a->nlog, m = 0;
+    const arena_event *l = a->log;
+    a->off = malloc((size_t)(n + 1) * sizeof *a->off);
+    a->cap = malloc((size_t)(n + 1) * sizeof *a->cap);
+    a->ovl_at = calloc((size_t)n + 1, sizeof *a->ovl_at);
+    by_size *order = malloc((size_t)(n + 1) * sizeof *order);
+    int *placed = malloc((size_t)(n + 1) * sizeof *placed);  /* slots placed so far, by offset */
+    int *fill = malloc((size_t)(n + 1) * sizeof *fill);
+    if (!a->off || !a->cap || !a->ovl_at || !order || !placed || !fill) goto fail;
+    for (int i = 0; i < n; i++) {
+        a->cap[i] = round_up(l[i].bytes ? l[i].bytes : 1);
+        a->off[i] = -1;
+        if (l[i].freed >= 0) order[m++] = (by_size){a->cap[i], i};
+    }
+    qsort(order, (size_t)m, sizeof *order, larger_first);
+    size_t total = 0;
+    for (int s = 0; s < m; s++) {
+        int i = order[s].i;
+        size_t off = 0;
+        for (int p = 0; p < s; p++) {
+            int j = placed[p];
+            if (!(i < l[j].freed && j < l[i].freed)) continue;  /* never alive together */
+            if ((size_t)a->off[j] >= off + a->cap[i]) break;     /* fits in the gap before j */
+            if ((size_t)a->off[j] + a->cap[j] > off) off = (size_t)a->off[j] + a->cap[j];
+        }
+        a->off[i] = (int64_t)off;
+        int at = s;
+        while (at > 0 && a->off[placed[at - 1]] > a->off[i]) at--;
+        memmove(placed + at + 1, placed + at, (size_t)(s - at) * sizeof *placed);
+        placed[at] = i;
+        total = off + a->cap[i] > total ? off + a->cap[i] : total;
+    }
+    /* Slots sorted by offset: the ones overlapping placed[p] follow it until
+     * one starts at or past its end. Counted, then listed. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int p = 0; p < m; p++) {
+            int i = placed[p];
+            size_t end = (size_t)a->off[i] + a->cap[i];
+            for (int q = p + 1; q < m && (size_t)a->off[placed[q]] < end; q++) {
+                int j = placed[q];
+                if (pass == 0) {
+                    a->ovl_at[i + 1]++;
+                    a->ovl_at[j + 1]++;
+                } else {
+                    a->ovl[fill[i]++] = j;
+                    a->ovl[fill[j]++] = i;
+                }
+            }
+        }
+        if (pass == 1) break;
+        for (int i = 0; i < n; i++) a->ovl_at[i + 1] += a->ovl_at[i];
+        memcpy(fill, a->ovl_at, (size_t)n * sizeof *fill);
+        if (!(a->ovl = malloc((size_t)(a->ovl_at[n] + 1) * sizeof *a->ovl))) goto fail;
+    }
+    a->n = n;
+    a->bytes = total;
+    free(order);
+    free(placed);
+    free(fill);
+    return;
+fail:
+    free(order);
+    free(placed);
+    free(fill);
+    layout_free(a);
+}
+
+void kn__arena_leave(kn_arena *a, kn_arena *prev, bool ok) {
+    kn__arena_active = prev;
+    while (a->nbin > 0) storage_free(a->bin[--a->nbin]);
+    if (!ok || a->lost) return;
+    /* Re-plan when this run's requests or lifetimes differ from the layout's. */
+    bool replan = a->deviated || a->nlog != a->n;
+    for (int i = 0; i < a->nlog && !replan; i++) replan = (a->log[i].freed >= 0) != (a->off[i] >= 0);
+    if (replan) arena_plan(a);
+}
+
+void kn__arena_free(kn_arena *a) {
+    if (!a) return;
+    while (a->nbin > 0) storage_free(a->bin[--a->nbin]);
+    layout_free(a);
+    free(a->log);
+    free(a->scratch);
+    free(a);
+}
+
 static kn_storage *storage_new(size_t nbytes) {
-    size_t head = (sizeof(kn_storage) + KN_ALIGN - 1) & ~(size_t)(KN_ALIGN - 1);
-    size_t total = (head + nbytes + KN_ALIGN - 1) & ~(size_t)(KN_ALIGN - 1);
+    size_t total = round_up(STORAGE_HEAD + nbytes);
     if (total < nbytes) return NULL;
-    kn_storage *s = cache_take(total);
-    if (!s && !(s = aligned_alloc(KN_ALIGN, total))) return NULL;
+    kn_arena *a = kn__arena_active;
+    kn_storage *s = a ? arena_take(a, nbytes) : NULL;
+    if (!s) {
+        /* A reused block (bin, cache) keeps its capacity. */
+        if (!(s = a ? bin_take(a, total) : NULL)) {
+            if (!(s = cache_take(total))) {
+                if (!(s = aligned_alloc(KN_ALIGN, total))) return NULL;
+                s->capacity = total;
+            }
+            sys_allocs++;
+        }
+        s->data = (char *)s + STORAGE_HEAD;
+        s->arena_block = NULL;
+    }
     atomic_init(&s->refcount, 1);
     atomic_init(&s->version, 0);
     s->nbytes = nbytes;
-    s->capacity = total;
-    mem_add((int64_t)nbytes);
     s->device = KN_CPU;
-    s->data = (char *)s + head;
+    s->arena_run = 0;
+    mem_add((int64_t)nbytes);
+    if (a && !a->lost && !(a->lost = !log_push(a, nbytes))) {
+        s->arena_run = a->run;
+        s->arena_seq = a->nlog - 1;
+    }
     return s;
 }
 
 static void storage_release(kn_storage *s) {
     if (atomic_fetch_sub(&s->refcount, 1) != 1) return;
     mem_add(-(int64_t)s->nbytes);
-    if (!cache_put(s)) free(s);
+    kn_arena *a = kn__arena_active;
+    if (a && s->arena_run == a->run) a->log[s->arena_seq].freed = a->nlog;
+    arena_block *b = s->arena_block;
+    if (b) {
+        POISON(s->data, s->nbytes);
+        atomic_store(&s->refcount, SLOT_FREE);  /* only now may a run hand its bytes out again */
+        block_release(b);
+    } else if (!a || !bin_put(a, s)) {
+        storage_free(s);
+    }
+}
+
+/* Tensor structs: a small free list per thread, so that steady-state
+ * replays do not call malloc and free for them. */
+#define TENSOR_CACHE 256
+static _Thread_local kn_tensor *free_tensors;  /* linked through ->grad */
+static _Thread_local int nfree_tensors;
+static _Thread_local bool registered;           /* thread_exit will run */
+
+static pthread_key_t thread_key;
+static pthread_once_t thread_once = PTHREAD_ONCE_INIT;
+
+/* At thread exit: what the thread keeps for reuse goes back to malloc. */
+static void thread_exit(void *unused) {
+    (void)unused;
+    while (free_tensors) {
+        kn_tensor *t = free_tensors;
+        UNPOISON(t, sizeof *t);
+        free_tensors = t->grad;
+        free(t);
+    }
+    nfree_tensors = 0;
+    pool_depth = 0;  /* a pool left open leaks its tensors, but not its list */
+    pools_trim(0);
+    registered = false;  /* a later destructor that caches again registers again */
+}
+static void thread_key_init(void) { pthread_key_create(&thread_key, thread_exit); }
+static void thread_register(void) {
+    if (registered) return;
+    registered = true;
+    pthread_once(&thread_once, thread_key_init);
+    pthread_setspecific(thread_key, &registered);
+}
+
+static kn_tensor *tensor_get(void) {
+    kn_tensor *t = free_tensors;
+    if (t) {
+        UNPOISON(t, sizeof *t);
+        free_tensors = t->grad;
+        nfree_tensors--;
+        return t;
+    }
+    tensor_mallocs++;
+    return malloc(sizeof *t);
+}
+
+static void tensor_put(kn_tensor *t) {
+    if (nfree_tensors == TENSOR_CACHE) {
+        free(t);
+        return;
+    }
+    thread_register();
+    t->grad = free_tensors;
+    free_tensors = t;
+    nfree_tensors++;
+    /* Poisoned but its link, which LeakSanitizer reads to find the rest. */
+    size_t link = offsetof(kn_tensor, grad), after = link + sizeof t->grad;
+    POISON(t, link);
+    POISON((char *)t + after, sizeof *t - after);
 }
 
 static kn_tensor *tensor_new(kn_storage *s, kn_dtype dt, const int64_t *shape,
                              const int64_t *strides, int ndim, int64_t offset) {
-    kn_tensor *t = malloc(sizeof *t);
+    kn_tensor *t = tensor_get();
     if (!t) return kn__error("out of memory allocating a tensor");
     memset(t, 0, sizeof *t);
     atomic_init(&t->refcount, 1);
@@ -298,7 +691,7 @@ void kn_release(kn_tensor *t) {
     kn__node_release(t->grad_fn);
     storage_release(t->storage);
     atomic_fetch_sub(&live_tensors, 1);
-    free(t);
+    tensor_put(t);
 }
 
 /* ---- inspection ---- */

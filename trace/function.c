@@ -262,6 +262,7 @@ kn_fn *kn_function(const char *name, kn_body body, void *ctx, int nin, int nout,
 }
 
 void kn__plan_free(plan *p) {
+    kn__arena_free(p->arena);
     free(p->captures);
     free(p->sig);
     free(p->outs);
@@ -344,6 +345,15 @@ static void fuse_plan(kn_fn *f, plan *pl, const int *outs) {
 }
 
 kn_fn_stats_t kn_fn_stats(const kn_fn *f) { return f ? f->stats : (kn_fn_stats_t){0}; }
+
+/* Bytes of a plan's arena and of its kn_cond branches' arenas. */
+static int64_t arena_bytes(const plan *pl) {
+    int64_t b = kn__arena_bytes(pl->arena);
+    for (int i = 0; i < pl->tr->nnodes; i++)
+        for (int k = 0; k < 2; k++)
+            if (pl->tr->nodes[i].branch[k]) b += arena_bytes(pl->tr->nodes[i].branch[k]);
+    return b;
+}
 
 /* The signature: grad mode, then per input dtype, rank, requires-grad and
  * which dims are 1; then the exact shapes, which only an exact plan
@@ -613,6 +623,7 @@ int kn_call(kn_fn *f, kn_tensor *const *in, kn_tensor **out) {
                     "shapes); pad batches to a few fixed sizes, or keep dtypes fixed\n", f->name, recent);
         }
     }
+    if (f->nplans > 0) f->stats.planned_peak_bytes = arena_bytes(&f->plans[f->nplans - 1]);
     pthread_mutex_unlock(&f->lock);
     return rc;
 }

@@ -78,6 +78,7 @@ typedef struct plan {
     int ncaptures;
     size_t symlen;      /* signature bytes to compare; less than siglen unless exact */
     uint64_t id;        /* finds the plan again for a background compile */
+    struct kn_arena *arena; /* kn__run_plan's buffers, made on its first run (core/internal.h) */
 } plan;
 
 struct kn_fn {

@@ -94,8 +94,16 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
     int64_t live = 0, peak = 0;
     bool effects = false, symbolic = pl->symlen < pl->siglen || !pl->sig;
     const kn_trace *tr = pl->tr;
-    kn_tensor **v = calloc((size_t)tr->nvals + 1, sizeof *v);
-    if (!v) return kn__error("kn_call %s: out of memory", name), -1;
+    /* The plan's arena serves this run's allocations (core/internal.h); it
+     * is run state, so it is made on the first run. Callers run a plan on
+     * one thread at a time (kn_call holds the function's lock). */
+    plan *mpl = (plan *)pl;
+    if (!mpl->arena) mpl->arena = kn__arena_new();
+    kn_arena *arena = mpl->arena;
+    size_t vbytes = ((size_t)tr->nvals + 1) * sizeof(kn_tensor *);
+    kn_tensor **v = arena ? kn__arena_scratch(arena, vbytes) : NULL, **own_v = NULL;
+    if (!v && !(v = own_v = calloc(1, vbytes))) return kn__error("kn_call %s: out of memory", name), -1;
+    kn_arena *outer = arena ? kn__arena_enter(arena) : NULL;
     int rc = 0;
     for (int i = 0; i < tr->nvals && rc == 0; i++) {
         const tvalue *tv = &tr->vals[i];
@@ -185,9 +193,10 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
     if (rc == 0)
         for (int k = 0; k < nout; k++) kn_retain(v[pl->outs[k]]);
     kn_pool_pop();
+    if (arena) kn__arena_leave(arena, outer, rc == 0);  /* what is still referenced now escaped */
     if (rc == 0)
         for (int k = 0; k < nout; k++) out[k] = kn__hand_over(v[pl->outs[k]]);
-    free(v);
+    free(own_v);
     if (peak_bytes) *peak_bytes = peak;
     return rc;
 }

@@ -56,6 +56,9 @@ typedef struct {
     double trace_seconds;     /* recording the first calls */
     int64_t nodes;            /* nodes in the newest plan, after dead-code elimination */
     int64_t peak_bytes;       /* most bytes of intermediate values alive at once, last replay */
+    int64_t planned_peak_bytes; /* bytes of the newest plan's arena (kn_cond branches' included): its
+                                   values that die within a call, laid out by liveness after its first
+                                   replay and reused by later ones; 0 before that */
     int64_t shadow_mismatches; /* KN_SHADOW=1: calls whose plan disagreed with eager */
     char shadow_report[320];  /* the first node that disagreed, as text */
 } kn_fn_stats_t;
