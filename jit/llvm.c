@@ -6,6 +6,7 @@
  * set and the bitcode was built with -ffp-contract=off, so LLVM neither
  * contracts nor reassociates: results are bitwise those of the eager loops. */
 #include "llvm.h"
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -168,9 +169,15 @@ static void target_host(LLVMModuleRef m) {
  * the object. The key is the caller's words behind a prefix naming the file
  * format, the Kiln build, the LLVM version, the target and the host CPU, so
  * another build, CPU or LLVM never reuses an entry. Files are written to a temporary name and
- * renamed into place: readers and concurrent writers never see half a file. */
+ * renamed into place: readers and concurrent writers never see half a file.
+ * Upkeep happens when a process opens the cache: temporary files a dead
+ * writer left behind go, and so do the least recently used entries (a load
+ * touches an entry's mtime) while the entries exceed the size cap. Entries
+ * of other builds are never read again, so this is also what removes them. */
 #define KN_CACHE_FORMAT 1u
 #define KN_CACHE_MAX_FILE (64u << 20) /* larger files are corrupt */
+#define KN_CACHE_TMP_AGE 3600         /* seconds: a live writer renames within far less */
+#define KN_CACHE_DEFAULT_MB 256.0
 
 typedef struct {
     char magic[8];
@@ -180,6 +187,7 @@ typedef struct {
 
 static const char file_magic[8] = {'K', 'I', 'L', 'N', 'O', 'B', 'J', 0};
 static char *cache_dir;  /* NULL: no disk cache */
+static bool cache_readonly; /* entries are loaded, nothing is written, touched or removed */
 static char *key_prefix; /* the part of every key that names the host */
 static size_t key_prefix_len;
 static uint64_t tmp_serial;
@@ -239,6 +247,123 @@ static const char *dir_problem(const char *dir, char *buf, size_t n) {
     return buf;
 }
 
+/* The size cap in bytes: KN_CACHE_MAX_MB (MiB, fractions allowed), else 256 MiB. */
+static double cache_cap(void) {
+    const char *s = getenv("KN_CACHE_MAX_MB");
+    if (!s || !*s) return KN_CACHE_DEFAULT_MB * 1048576.0;
+    char *end;
+    double mb = strtod(s, &end);
+    if (*end || !(mb > 0) || mb > 1e9) {
+        fprintf(stderr, "kiln: ignoring KN_CACHE_MAX_MB=%s (not a positive number of MiB)\n", s);
+        mb = KN_CACHE_DEFAULT_MB;
+    }
+    return mb * 1048576.0;
+}
+
+typedef struct {
+    char name[48]; /* "<32 hex>.kn"; longer names are not ours */
+    off_t size;
+    struct timespec used; /* mtime: written or last loaded */
+} cache_entry;
+
+static int older_first(const void *pa, const void *pb) {
+    const cache_entry *a = pa, *b = pb;
+    if (a->used.tv_sec != b->used.tv_sec) return a->used.tv_sec < b->used.tv_sec ? -1 : 1;
+    if (a->used.tv_nsec != b->used.tv_nsec) return a->used.tv_nsec < b->used.tv_nsec ? -1 : 1;
+    return strcmp(a->name, b->name);
+}
+
+/* Scanning costs a stat per file (about 50 ms for 20000 entries), too much
+ * for every process start, and only a write can take the cache over the
+ * cap. So a scan is skipped while the directory is unchanged since the last
+ * one: the stamp file ".upkeep" gets the time the last scan began, and any
+ * file added (a rename, a temporary file) moves the directory's mtime past
+ * it. The stamp names the cap it was made for, so a lower cap scans again. */
+static const char stamp_name[] = ".upkeep";
+
+static bool upkeep_due(int dfd, double cap) {
+    char want[64], got[64] = "";
+    snprintf(want, sizeof want, "cap %.0f\n", cap);
+    int fd = openat(dfd, stamp_name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return true;
+    ssize_t n = read(fd, got, sizeof got - 1);
+    struct stat dir, st;
+    bool unchanged = n > 0 && !fstat(fd, &st) && !fstat(dfd, &dir) &&
+                     (dir.st_mtim.tv_sec < st.st_mtim.tv_sec ||
+                      (dir.st_mtim.tv_sec == st.st_mtim.tv_sec && dir.st_mtim.tv_nsec < st.st_mtim.tv_nsec));
+    close(fd);
+    return !unchanged || strcmp(got, want);
+}
+
+static void upkeep_stamp(int dfd, double cap, struct timespec began) {
+    char text[64];
+    int len = snprintf(text, sizeof text, "cap %.0f\n", cap);
+    int fd = openat(dfd, stamp_name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return;
+    if (write(fd, text, (size_t)len) == len) futimens(fd, (struct timespec[2]){began, began});
+    close(fd);
+}
+
+/* Removes temporary files older than an hour, then, if the entries exceed
+ * the cap, the least recently used ones until they fit in 80% of it (so
+ * that the next few processes do not each evict again). Best effort: a file
+ * another process removed first is simply skipped. */
+static void disk_upkeep(void) {
+    DIR *d = opendir(cache_dir);
+    if (!d) return;
+    int dfd = dirfd(d);
+    double limit = cache_cap();
+    if (!upkeep_due(dfd, limit)) {
+        closedir(d);
+        return;
+    }
+    /* File times come from the kernel's coarse clock, so a file added during
+     * the scan gets a time >= began; 10 ms spare that for clock skew. */
+    struct timespec began;
+    clock_gettime(CLOCK_REALTIME_COARSE, &began);
+    began.tv_nsec -= 10000000;
+    if (began.tv_nsec < 0) {
+        began.tv_nsec += 1000000000;
+        began.tv_sec--;
+    }
+    time_t now = began.tv_sec;
+    cache_entry *e = NULL;
+    size_t n = 0, room = 0;
+    double total = 0;
+    bool complete = true;
+    for (struct dirent *de; (de = readdir(d));) {
+        const char *name = de->d_name;
+        size_t len = strlen(name);
+        bool tmp = !strncmp(name, ".tmp-", 5);
+        bool entry = len > 3 && len < sizeof e->name && !strcmp(name + len - 3, ".kn");
+        struct stat st;
+        if ((!tmp && !entry) || fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) || !S_ISREG(st.st_mode))
+            continue;
+        if (tmp) {
+            if (now - st.st_mtime > KN_CACHE_TMP_AGE) unlinkat(dfd, name, 0);
+            continue;
+        }
+        if (n == room) {
+            cache_entry *g = realloc(e, (room = room ? 2 * room : 256) * sizeof *e);
+            if (!(complete = g != NULL)) break;
+            e = g;
+        }
+        memcpy(e[n].name, name, len + 1);
+        e[n].size = st.st_size;
+        e[n].used = st.st_mtim;
+        total += (double)st.st_size;
+        n++;
+    }
+    if (total > limit && n) {
+        qsort(e, n, sizeof *e, older_first);
+        for (size_t i = 0; i < n && total > 0.8 * limit; i++)
+            if (!unlinkat(dfd, e[i].name, 0) || errno == ENOENT) total -= (double)e[i].size;
+    }
+    free(e);
+    if (complete) upkeep_stamp(dfd, limit, began);
+    closedir(d);
+}
+
 /* Called once from init. KN_CACHE=0 turns the disk cache off; KN_CACHE_DIR
  * names its directory, else $XDG_CACHE_HOME/kiln or ~/.cache/kiln. */
 static void disk_init(void) {
@@ -279,6 +404,15 @@ static void disk_init(void) {
         return;
     }
     cache_dir = strdup(dir);
+    /* A directory without write permission (a shared, prebuilt cache, say)
+     * is used for loading only. The mode bit counts even for root. */
+    struct stat st;
+    cache_readonly = cache_dir && (stat(dir, &st) || !(st.st_mode & S_IWUSR) || access(dir, W_OK | X_OK));
+    if (cache_readonly)
+        fprintf(stderr, "kiln: the kernel cache at %s is read-only: kernels are loaded from it, none written\n",
+                dir);
+    else if (cache_dir)
+        disk_upkeep();
 }
 
 /* What a kernel's words map to: its full key, hash, symbol and file. */
@@ -328,7 +462,8 @@ static bool write_all(int fd, const void *p, size_t n) {
 }
 
 /* The object of id's entry after checking all of it, or NULL. A damaged
- * entry is removed, so it is compiled and written again. */
+ * entry is removed, so it is compiled and written again. A good one gets
+ * its mtime set to now: the eviction order is that of last use. */
 static LLVMMemoryBufferRef disk_read(const kernel_id *id) {
     int fd = open(id->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) return NULL;
@@ -341,7 +476,6 @@ static LLVMMemoryBufferRef disk_read(const kernel_id *id) {
         size = (size_t)st.st_size;
         ok = (buf = malloc(size)) && read_all(fd, buf, size);
     }
-    close(fd);
     file_header h;
     if (ok) {
         memcpy(&h, buf, sizeof h);
@@ -350,10 +484,12 @@ static LLVMMemoryBufferRef disk_read(const kernel_id *id) {
              sizeof h + id->len + h.obj_len == size && !memcmp(buf + sizeof h, id->key, id->len) &&
              checksum(buf + sizeof h + id->len, (size_t)h.obj_len) == h.obj_sum;
     }
+    if (ok && !cache_readonly) futimens(fd, NULL);
+    close(fd);
     LLVMMemoryBufferRef obj = NULL;
     if (ok) obj = LLVMCreateMemoryBufferWithMemoryRangeCopy((const char *)buf + sizeof h + id->len,
                                                             (size_t)h.obj_len, id->sym);
-    else unlink(id->path);
+    else if (!cache_readonly) unlink(id->path);
     free(buf);
     return obj;
 }
@@ -368,6 +504,7 @@ static uint64_t random64(void) {
 
 /* Best effort: a failed write only costs a compile next time. */
 static void disk_write(const kernel_id *id, const void *obj, size_t len) {
+    if (cache_readonly) return;
     char tmp[PATH_MAX + 64];
     snprintf(tmp, sizeof tmp, "%s/.tmp-%ld-%llu-%016llx", cache_dir, (long)getpid(),
              (unsigned long long)++tmp_serial, (unsigned long long)random64());
@@ -403,7 +540,7 @@ void *kn__jit_load(const uint32_t *words, size_t nwords) {
         LLVMErrorRef e = obj ? add_object(obj, id.sym, &code) : NULL;
         if (e) { /* valid but unlinkable: drop it, and compile under another name */
             LLVMConsumeError(e);
-            unlink(id.path);
+            if (!cache_readonly) unlink(id.path);
             memcpy(burned, id.h, sizeof burned);
         } else if (code) {
             disk_hits++;
