@@ -221,6 +221,22 @@ static LLVMValueRef expr(gen *g, int i) {
 
 static void clear_steps(gen *g) { memset(g->v, 0, (size_t)g->d->nsteps * sizeof *g->v); }
 
+/* Whether step `root` (or, with root < 0, any step) evaluates a
+ * transcendental formula: tens of instructions per element. */
+static bool costly(const kn_jit_desc *d, int root) {
+    bool c[KN_JIT_MAX_STEPS], any = false;
+    for (int i = 0; i < d->nsteps; i++) {
+        const kn_jit_step *s = &d->steps[i];
+        kn_op op = s->op;
+        c[i] = s->kind == KN_JIT_OP &&
+               (op == KN_OP_exp || op == KN_OP_log || op == KN_OP_tanh || op == KN_OP_sigmoid || op == KN_OP_sin ||
+                op == KN_OP_cos || op == KN_OP_erf || op == KN_OP_gelu || op == KN_OP_gelu_tanh || op == KN_OP_pow ||
+                c[s->a] || (kn_op_table[op].arity == 2 && c[s->b]));
+        any |= c[i];
+    }
+    return root < 0 ? any : c[root];
+}
+
 /* phase_p(op0..opN (noalias), c0, c1, len, acc0..accP, stride0..strideN)
  * -> float: the loop
  * over [c0, c1) of one phase; internal and always inlined into the kernel,
@@ -261,15 +277,17 @@ static LLVMValueRef build_phase(gen *g, int p) {
     g->acc = accs;
     g->len = LLVMGetParam(fn, (unsigned)nops + 2);
     bool reduce = ph->kind == KN_PHASE_SUM || ph->kind == KN_PHASE_MAX;
-    LLVMValueRef ident = LLVMConstReal(ph->kind == KN_PHASE_SUM ? LLVMDoubleTypeInContext(c) : g->f32,
-                                       ph->kind == KN_PHASE_MAX ? -INFINITY : 0.0);
+    /* Sums accumulate in double, like kn_sum's partials, unless the summand
+     * is costly (softmax's exp): double lanes halve the vector width of the
+     * whole loop (softmax 4096x1024: 1.9 -> 1.1 ms in f32, whose 64 partial
+     * sums of a row are as accurate as eager's 16 f32 lanes per block). */
+    LLVMTypeRef at = ph->kind == KN_PHASE_SUM && !costly(d, ph->step) ? LLVMDoubleTypeInContext(c) : g->f32;
+    LLVMValueRef ident = LLVMConstReal(at, ph->kind == KN_PHASE_MAX ? -INFINITY : 0.0);
 
     LLVMPositionBuilderAtEnd(b, entry);
     LLVMBuildCondBr(b, LLVMBuildICmp(b, LLVMIntSLT, c0, c1, ""), loop, done);
     LLVMPositionBuilderAtEnd(b, loop);
     LLVMValueRef i = LLVMBuildPhi(b, g->i64, "c");
-    /* sums accumulate in double, like kn_sum's partials */
-    LLVMTypeRef at = ph->kind == KN_PHASE_SUM ? LLVMDoubleTypeInContext(c) : g->f32;
     LLVMValueRef a = reduce ? LLVMBuildPhi(b, at, "acc") : NULL, next_a = NULL;
     g->c = i;
     clear_steps(g);
@@ -280,7 +298,7 @@ static LLVMValueRef build_phase(gen *g, int p) {
         LLVMSetAlignment(LLVMBuildStore(b, v, q), 4);
     }
     if (ph->kind == KN_PHASE_SUM) {
-        next_a = LLVMBuildFAdd(b, a, LLVMBuildFPExt(b, v, at, ""), "");
+        next_a = LLVMBuildFAdd(b, a, at == g->f32 ? v : LLVMBuildFPExt(b, v, at, ""), "");
         LLVMSetFastMathFlags(next_a, LLVMFastMathAllowReassoc);
     } else if (ph->kind == KN_PHASE_MAX) {
         unsigned id = LLVMLookupIntrinsicID("llvm.maximum", 12);
@@ -314,6 +332,7 @@ static LLVMValueRef load_i64(gen *g, LLVMValueRef base, LLVMValueRef index) {
     LLVMValueRef p = LLVMBuildInBoundsGEP2(g->b, g->i64, base, &index, 1, "");
     return LLVMBuildLoad2(g->b, g->i64, p, "");
 }
+
 
 #define PF_BLOCK 1024       /* elements per block of a pointwise row */
 #define PF_AHEAD 4096       /* prefetch distance in elements (16 KiB) */
@@ -398,9 +417,10 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
     LLVMValueRef cb = NULL, cn = NULL, row_end = c1;
     if (!d->rows) {
         /* Pointwise rows run in blocks, each prefetching its inputs a few
-         * blocks ahead: a loop that computes much per byte keeps too few
-         * loads in flight for the hardware prefetcher (half the speed at 16M
-         * elements than in cache, measured). Prefetches never fault. */
+         * blocks ahead when the kernel computes much per byte: such a loop
+         * keeps too few loads in flight for the hardware prefetcher (half
+         * its in-cache speed at 16M elements, measured; cheap kernels
+         * stream fine and lose 7% to the prefetches). Prefetches never fault. */
         blk_loop = LLVMAppendBasicBlockInContext(c, fn, "block");
         blk_done = LLVMAppendBasicBlockInContext(c, fn, "blocks_done");
         LLVMBasicBlockRef pre = LLVMGetInsertBlock(b);
@@ -412,13 +432,14 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
         unsigned pf_id = LLVMLookupIntrinsicID("llvm.prefetch", 13);
         LLVMValueRef pf = LLVMGetIntrinsicDeclaration(u->mod, pf_id, &g.ptr, 1);
         LLVMTypeRef pft = LLVMIntrinsicGetType(c, pf_id, &g.ptr, 1);
-        for (int k = 0, n = 0; k < d->nin && n < PF_MAX_INPUTS; k++) {
+        for (int k = 0, n = costly(d, -1) ? 0 : PF_MAX_INPUTS; k < d->nin && n < PF_MAX_INPUTS; k++) {
             if (d->inner[k] != KN_INNER_CONTIGUOUS) continue;
             n++;
             for (int q = 0; q < PF_BLOCK; q += 16) {  /* one per 64-byte line */
                 LLVMValueRef at = LLVMBuildAdd(b, cb, LLVMConstInt(g.i64, PF_AHEAD + q, 0), "");
+                /* into L2 (locality 2): non-temporal prefetches halved a cheap chain's bandwidth */
                 LLVMValueRef pargs[4] = {LLVMBuildGEP2(b, g.f32, ops[k], &at, 1, ""), LLVMConstInt(g.i32, 0, 0),
-                                         LLVMConstInt(g.i32, 0, 0), LLVMConstInt(g.i32, 1, 0)};
+                                         LLVMConstInt(g.i32, 2, 0), LLVMConstInt(g.i32, 1, 0)};
                 LLVMBuildCall2(b, pft, pf, pargs, 4, "");
             }
         }
