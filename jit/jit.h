@@ -99,9 +99,11 @@ static inline int32_t kn__jit_run(kn_jit_kernel k, void **args, int64_t begin, i
  * KN_CACHE=0 turns it off; kernels are still cached in memory. */
 
 /* Debug hooks (jit/llvm.c). The optimized IR of the latest LLVM compile as
- * text (caller frees with free(); NULL if none; kernels loaded from disk
- * have none), how many LLVM compiles have succeeded, how many kernels were
- * loaded from the disk cache, and how many entries this process wrote. */
+ * text, kept only after kn__jit_keep_ir(true) (printing it slowed every
+ * compile) (caller frees with free(); NULL if none; kernels loaded from
+ * disk have none), how many LLVM compiles have succeeded, how many kernels
+ * were loaded from the disk cache, and how many entries this process wrote. */
+void kn__jit_keep_ir(bool on);
 char *kn__jit_last_ir(void);
 uint64_t kn__jit_compile_count(void);
 uint64_t kn__jit_disk_hits(void);

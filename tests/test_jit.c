@@ -36,6 +36,7 @@ static void jit_setup(void) {
     snprintf(cache_dir, sizeof cache_dir, "/tmp/kiln-jit-test-XXXXXX");
     cr_assert(mkdtemp(cache_dir));
     setenv("KN_CACHE_DIR", cache_dir, 1);
+    kn__jit_keep_ir(true);
 }
 
 static void jit_teardown(void) {
