@@ -724,3 +724,42 @@ Test(jit, strided_operands_are_read_in_place) {
     check_plan(transposed_chain, (kn_tensor *[]){x, y}, 2, 2, 1, 0);  /* variants are cached */
     cr_assert_eq(kn__jit_compile_count(), before);
 }
+
+/* An update written back into a captured tensor (an optimizer step) is
+ * computed straight into it: views of the tensor see every step, results
+ * are eager's bit for bit, and a call allocates nothing for the update. */
+typedef struct { kn_tensor *p, *m, *g; } upd_state;
+static int update_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    upd_state *s = ctx;  /* in[0]: a 0-dim learning rate, read at every call */
+    kn_mul_scalar_(s->m, 0.9);
+    kn_add_(s->m, kn_mul_scalar(s->g, 0.1));                         /* m = 0.9 m + 0.1 g */
+    kn_sub_(s->p, kn_mul(kn_div(s->m, kn_add_scalar(kn_sqrt(kn_abs(s->m)), 1e-3)), in[0]));
+    out[0] = kn_sum(s->p, KN_ALL_DIMS, false);
+    return 0;
+}
+
+Test(jit, updates_are_computed_into_their_targets) {
+    kn_manual_seed(3);
+    kn_tensor *g = kn_randn(KN_SHAPE(300, 200), KN_F32), *lr = kn_scalar(0.01, KN_F32);
+    upd_state e = {kn_randn(KN_SHAPE(300, 200), KN_F32), kn_zeros(KN_SHAPE(300, 200), KN_F32), g};
+    upd_state t = {kn_contiguous(e.p), kn_zeros(KN_SHAPE(300, 200), KN_F32), g};
+    kn_tensor *row = kn_slice(t.p, 0, 7, 8, 1);  /* a view the caller keeps */
+    kn_fn *fn = kn_function("update", update_body, &t, 1, 1, NULL);
+    int64_t peak = 0, before = 0;
+    for (int step = 0; step < 5; step++) {
+        kn_tensor *a, *b;
+        cr_assert_eq(update_body(&e, &lr, &a), 0);
+        if (step == 3) {
+            kn_memory_stats(&before, NULL);
+            kn_memory_reset_peak();
+        }
+        cr_assert_eq(kn_call(fn, &lr, &b), 0, "%s", kn_last_error());
+        if (step == 3) kn_memory_stats(NULL, &peak);
+        assert_equal(t.p, e.p);
+        assert_equal(t.m, e.m);
+        assert_equal(row, kn_slice(e.p, 0, 7, 8, 1));
+    }
+    /* the sum's result and small temporaries; no [300,200] buffer */
+    cr_assert_lt(peak - before, 300 * 200 * 4, "a call allocated %lld bytes", (long long)(peak - before));
+    kn_fn_free(fn);
+}

@@ -24,6 +24,7 @@ struct kn_fused {
     int nd;         /* the domain's rank at trace time */
     int nin;
     int inplace;    /* a pointwise kernel may write over this operand (its last use), or -1 */
+    kn_tensor *into; /* a capture the next node overwrites with the result: written directly (or NULL) */
     uint8_t inner[KN_JIT_MAX_OPERANDS];
     /* The description, for variants compiled at call time when operands
      * come with other last-dim strides (a transposed input, say). A slot is
@@ -464,6 +465,31 @@ void kn__fuse_compile(kn_fuse_job *j) {
     }
 }
 
+bool kn__same_view(const kn_tensor *a, const kn_tensor *b) {
+    return a->storage == b->storage && a->offset == b->offset && a->ndim == b->ndim &&
+           !memcmp(a->shape, b->shape, (size_t)a->ndim * sizeof *a->shape) &&
+           !memcmp(a->strides, b->strides, (size_t)a->ndim * sizeof *a->strides);
+}
+
+/* The capture that node k+1 overwrites with node k's result, if the result
+ * may live in it: no later write touches that capture's storage while the
+ * result is still read (its readers then read the capture). */
+static kn_tensor *write_target(const kn_trace *tr, const int *last_use, int k) {
+    if (k + 1 >= tr->nnodes) return NULL;
+    const tnode *n = &tr->nodes[k], *w = &tr->nodes[k + 1];
+    if (w->kind != N_WRITE || w->nin != 2 || w->in[1] != n->out || w->in[0] < 0) return NULL;
+    const tvalue *x = &tr->vals[w->in[0]];
+    if (x->kind != V_CAPTURE || !same_shape(x, &tr->vals[n->out]) || x->dtype != KN_F32) return NULL;
+    for (int i = k + 2; i < tr->nnodes && i <= last_use[n->out]; i++) {
+        const tnode *m = &tr->nodes[i];
+        if (m->kind == N_COND) return NULL;
+        if (m->kind == N_WRITE && m->in[0] >= 0 && tr->vals[m->in[0]].kind != V_NODE &&
+            (!tr->vals[m->in[0]].t || tr->vals[m->in[0]].t->storage == x->t->storage))
+            return NULL;
+    }
+    return x->t;
+}
+
 void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
     kn_trace *tr = pl->tr;
     bool *dead = calloc((size_t)tr->nnodes + 1, sizeof *dead);
@@ -490,11 +516,13 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
     free(dead);
     /* A pointwise kernel reads each element before it writes it: it can write
      * over a node value of its own shape that dies here (checked again per
-     * call: nothing else may hold the buffer). */
+     * call: nothing else may hold the buffer), or straight into the capture
+     * the next node overwrites with its result (an optimizer's update). */
     for (int k = 0; k < tr->nnodes; k++) {
         tnode *n = &tr->nodes[k];
         if (n->kind != N_FUSED) continue;
         n->fused->inplace = -1;
+        n->fused->into = n->fused->rows ? NULL : write_target(tr, pl->last_use, k);
         for (int j = 0; j < n->nin && !n->fused->rows; j++) {
             const tvalue *v = &tr->vals[n->in[j]];
             if (v->kind == V_NODE && pl->last_use[n->in[j]] == k && v->dtype == KN_F32 &&
@@ -580,11 +608,17 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
                   kn__shape_str(dom, nd, b0), f->nd);
         goto done;
     }
-    kn_tensor *x = f->inplace >= 0 ? args[f->inplace] : NULL;
+    kn_tensor *x = f->inplace >= 0 ? args[f->inplace] : NULL, *into = f->into;
+    bool fits = into && kn_is_contiguous(into) && into->dtype == KN_F32 && into->ndim == now->ndim &&
+                !memcmp(into->shape, now->shape, (size_t)into->ndim * sizeof *into->shape);
+    for (int j = 0; fits && j < n->nin; j++)  /* other views of its storage are read as they were */
+        fits = args[j]->storage != into->storage || kn__same_view(args[j], into);
+    if (fits)
+        r = kn__ret(into);  /* the write that follows finds its data in place */
     /* the plan holds the one reference */
-    if (x && atomic_load(&x->refcount) == 1 && atomic_load(&x->storage->refcount) == 1 && kn_is_contiguous(x) &&
-        x->dtype == KN_F32 && !x->requires_grad && x->ndim == now->ndim &&
-        !memcmp(x->shape, now->shape, (size_t)x->ndim * sizeof *x->shape))
+    else if (x && atomic_load(&x->refcount) == 1 && atomic_load(&x->storage->refcount) == 1 && kn_is_contiguous(x) &&
+             x->dtype == KN_F32 && !x->requires_grad && x->ndim == now->ndim &&
+             !memcmp(x->shape, now->shape, (size_t)x->ndim * sizeof *x->shape))
         r = kn__ret(x);  /* written in place: the buffer dies here and nothing else holds it */
     else if (!(r = kn__alloc(now->shape, now->ndim, KN_F32)))
         goto done;

@@ -121,6 +121,8 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout);
 void kn__fuse_job_free(kn_fuse_job *j);
 /* Runs an N_FUSED node on its operands: the result, or NULL with an error. */
 void kn__fused_free(struct kn_fused *f);
+/* a and b are the same elements of the same storage. */
+bool kn__same_view(const kn_tensor *a, const kn_tensor *b);
 kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args);
 /* Runs one recorded op on actual tensors. */
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);

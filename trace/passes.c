@@ -29,8 +29,12 @@ static bool const_all(const kn_trace *tr, int id, double v) {
     return n > 0;
 }
 
-/* x*1, 1*x, x/1, x+0, 0+x, x-0 and a permute undoing a permute give an
- * input unchanged: the value it stands for, or -1. */
+static bool unchanging(const kn_trace *tr, int id);
+
+/* x*1, 1*x, x/1, x+0, 0+x, x-0, a cast to x's dtype and a permute undoing
+ * a permute give an input unchanged: the value it stands for, or -1. (The
+ * autograd engine casts each leaf's gradient, a copy of a fresh matmul
+ * result in a train step.) */
 static int identity_of(const kn_trace *tr, const tnode *n) {
     const tvalue *out = &tr->vals[n->out];
     int a = n->nin > 0 ? n->in[0] : -1, b = n->nin > 1 ? n->in[1] : -1;
@@ -40,6 +44,9 @@ static int identity_of(const kn_trace *tr, const tnode *n) {
     case KN_OP_div: keep = const_all(tr, b, 1) ? a : -1; break;
     case KN_OP_add: keep = const_all(tr, b, 0) ? a : const_all(tr, a, 0) ? b : -1; break;
     case KN_OP_sub: keep = const_all(tr, b, 0) ? a : -1; break;
+    case KN_OP_cast:  /* a copy; only of a computed value (never a tensor the caller holds) */
+        keep = a >= 0 && tr->vals[a].kind == V_NODE && unchanging(tr, a) ? a : -1;
+        break;
     case KN_OP_permute: {
         if (a < 0 || tr->vals[a].kind != V_NODE) break;
         const tnode *m = &tr->nodes[tr->vals[a].index];
@@ -302,6 +309,8 @@ static void optimize(kn_trace *tr, int *outs, int nout, bool *dead) {
         /* x*1 is a copy of x taken at that point: once the plan writes, it may
          * stand for x only if x cannot change (undoing a permute is a view). */
         if (same >= 0 && writes && n->op != KN_OP_permute && !unchanging(tr, same)) same = -1;
+        for (int k = 0; same >= 0 && n->op == KN_OP_cast && k < nout; k++)
+            if (outs[k] == same) same = -1;  /* the copy must not alias what the caller gets */
         if (same >= 0) {
             rep[n->out] = same;
             dead[i] = true;

@@ -149,7 +149,8 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
                 kn__error("kn_call %s: an in-place write no longer fits its target", name);
                 break;
             }
-            kn__copy(args[0], args[1]);
+            if (!kn__same_view(args[0], args[1]))  /* a kernel may have written the target itself */
+                kn__copy(args[0], args[1]);
             kn__bump_version(args[0]);
             break;
         }
