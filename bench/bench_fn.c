@@ -76,6 +76,16 @@ static int ew_arith(void *ctx, kn_tensor *const *in, kn_tensor **out) {
     return out[0] ? 0 : -1;
 }
 
+/* Kiln's own thread pool (internal), so the baseline uses the same threads. */
+void kn__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int64_t), void *ctx);
+
+/* z = x + 3y over the same threads: the bandwidth a 2-input chain is held to. */
+typedef struct { const float *x, *y; float *z; } triad_ctx;
+static void triad_range(void *p, int64_t b, int64_t e) {
+    triad_ctx *c = p;
+    for (int64_t i = b; i < e; i++) c->z[i] = c->x[i] + 3.0f * c->y[i];
+}
+
 static void bench_chain(const char *name, kn_body body, int ninputs, int reps) {
     int64_t n = 16 << 20;
     kn_tensor *in[2] = {kn_randn(KN_SHAPE(n), KN_F32), kn_randn(KN_SHAPE(n), KN_F32)};
@@ -85,6 +95,22 @@ static void bench_chain(const char *name, kn_body body, int ninputs, int reps) {
     double bytes = 4.0 * (ninputs + 1) * (double)n;
     printf("%s on 16M f32: eager %.2f ms, traced (fused) %.2f ms, speedup %.2fx, %.1f GB/s, %.0f M elements/s per thread\n",
            name, te * 1e3, tt * 1e3, te / tt, bytes / tt * 1e-9, (double)n / tt * 1e-6 / kn_get_num_threads());
+    if (ninputs == 2) {  /* same bytes as the triad: 2 reads and a write per element */
+        kn_tensor *z = kn_empty(KN_SHAPE(n), KN_F32);
+        triad_ctx tc = {kn_data(in[0]), kn_data(in[1]), kn_data(z)};
+        double best = 1e30;
+        for (int r = 0; r < reps; r++) {
+            double t0 = now();
+            kn__parallel_for(n, 1 << 16, triad_range, &tc);
+            double t = now() - t0;
+            best = t < best ? t : best;
+        }
+        printf("%s vs a C triad in this process (%.1f GB/s): %.2f of its bandwidth (target >= 0.85)\n", name,
+               bytes / best * 1e-9, best / tt);
+        printf("{\"bench\":\"%s_vs_triad\",\"triad_gbs\":%.2f,\"fraction\":%.3f}\n", name, bytes / best * 1e-9,
+               best / tt);
+        kn_release(z);
+    }
     printf("{\"bench\":\"%s\",\"eager_ms\":%.3f,\"traced_ms\":%.3f,\"speedup\":%.3f,\"gbs\":%.2f}\n", name,
            te * 1e3, tt * 1e3, te / tt, bytes / tt * 1e-9);
     kn_fn_free(f);
@@ -105,8 +131,6 @@ static int layer_norm_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
     return out[0] ? 0 : -1;
 }
 
-/* Kiln's own thread pool (internal), so the baseline uses the same threads. */
-void kn__parallel_for(int64_t n, int64_t grain, void (*fn)(void *, int64_t, int64_t), void *ctx);
 
 typedef struct { float *src, *dst; int64_t n; } copy_ctx;
 static void copy_range(void *p, int64_t b, int64_t e) {
