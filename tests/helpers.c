@@ -2,6 +2,10 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 kn_tensor *load_npy(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -128,4 +132,18 @@ void test_teardown(void) {
     kn_set_num_threads(0);
     cr_assert_eq(kn_live_tensors(), live_at_start, "%lld tensors leaked",
                  (long long)(kn_live_tensors() - live_at_start));
+}
+
+void remove_dir(const char *dir) {
+    chmod(dir, 0700); /* a test may leave it read-only */
+    DIR *d = opendir(dir);
+    if (!d) return;
+    char p[512];
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
 }

@@ -21,6 +21,8 @@ double at(const kn_tensor *t, int64_t i);
 #define KN_NO_SEED UINT64_MAX
 void test_setup(uint64_t seed);
 void test_teardown(void);
+/* Removes a directory of plain files (a test's private kernel cache). */
+void remove_dir(const char *dir);
 #define KN_SUITE(name, seed)                                                      \
     static void name##_setup(void) { test_setup(seed); }                          \
     TestSuite(name, .init = name##_setup, .fini = test_teardown)

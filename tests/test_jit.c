@@ -18,19 +18,6 @@
  * counts do not depend on what other tests or earlier runs left on disk. */
 static char cache_dir[64];
 
-static void remove_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char p[512];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static void jit_setup(void) {
     test_setup(KN_NO_SEED);
     snprintf(cache_dir, sizeof cache_dir, "/tmp/kiln-jit-test-XXXXXX");

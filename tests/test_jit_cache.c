@@ -20,20 +20,6 @@
 
 static char cache_dir[64];
 
-static void remove_dir(const char *dir) {
-    chmod(dir, 0700); /* a test may leave it read-only */
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char p[512];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 /* A private empty cache, on even in a run with KN_CACHE=0, and kernels
  * compiled during kn_call whatever the environment says. */
 static void cache_setup(void) {
