@@ -15,8 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* What the kernel needs at call time, next to the node's operand ids. */
 #define MAX_VARIANTS 4
+
+/* What the kernel needs at call time, next to the node's operand ids. */
 struct kn_fused {
     kn_jit_kernel k;
     bool rows;
