@@ -147,3 +147,21 @@ void remove_dir(const char *dir) {
     closedir(d);
     rmdir(dir);
 }
+
+int train_step(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    trainer *t = ctx;
+    kn_tensor *loss = kn_cross_entropy(kn_forward(t->model, in[0]), in[1], KN_REDUCE_MEAN);
+    kn_optim_zero_grad(t->opt);
+    if (!loss || kn_backward(loss, NULL) != 0 || kn_optim_step(t->opt) != 0) return -1;
+    out[0] = loss;
+    return 0;
+}
+
+char *dump_of(const kn_fn *f, void (*dump)(const kn_fn *, FILE *)) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    dump(f, m);
+    fclose(m);
+    return buf;
+}

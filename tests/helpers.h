@@ -23,6 +23,13 @@ void test_setup(uint64_t seed);
 void test_teardown(void);
 /* Removes a directory of plain files (a test's private kernel cache). */
 void remove_dir(const char *dir);
+/* A model and its optimizer (p: its parameters, where a test keeps them). */
+typedef struct { kn_module *model; kn_optim *opt; kn_tensor *p[4]; } trainer;
+/* A kn_body for a whole train step on ctx, a trainer: forward, mean
+ * cross-entropy against in[1], zero_grad, backward, optimizer step. */
+int train_step(void *ctx, kn_tensor *const *in, kn_tensor **out);
+/* What dump (kn_fn_dump, kn_fn_dot) prints for f; free() it. */
+char *dump_of(const kn_fn *f, void (*dump)(const kn_fn *, FILE *));
 #define KN_SUITE(name, seed)                                                      \
     static void name##_setup(void) { test_setup(seed); }                          \
     TestSuite(name, .init = name##_setup, .fini = test_teardown)

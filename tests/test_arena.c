@@ -20,23 +20,12 @@ static void needs_plain_replays(void) {
 }
 
 /* ---- an MLP train step: the steady state allocates only its output ---- */
-typedef struct { kn_module *model; kn_optim *opt; } trainer;
-
-static int train_step(void *ctx, kn_tensor *const *in, kn_tensor **out) {
-    trainer *t = ctx;
-    kn_tensor *loss = kn_cross_entropy(kn_forward(t->model, in[0]), in[1], KN_REDUCE_MEAN);
-    kn_optim_zero_grad(t->opt);
-    if (!loss || kn_backward(loss, NULL) != 0 || kn_optim_step(t->opt) != 0) return -1;
-    out[0] = loss;
-    return 0;
-}
 
 /* 256 -> 96 -> 10: the first layer's gradient (96 KiB) is a large block,
  * which outside a plan would go through the shared cache and its lock. */
 static trainer trainer_new(void) {
     kn_manual_seed(5);
-    trainer t = {kn_sequential_new(kn_linear_new(256, 96, true), kn_relu_new(), kn_linear_new(96, 10, true), NULL),
-                 NULL};
+    trainer t = {.model = kn_sequential_new(kn_linear_new(256, 96, true), kn_relu_new(), kn_linear_new(96, 10, true), NULL)};
     kn_tensor *p[4];
     kn_parameters(t.model, p, NULL, 4);
     t.opt = kn_adam_new(p, 4, 1e-3, 0.9, 0.999, 1e-8, 0);

@@ -291,19 +291,10 @@ Test(function, random_streams_match_eager) {
 }
 
 /* A whole training step in one kn_fn: forward, loss, backward, Adam. */
-typedef struct { kn_module *model; kn_optim *opt; } trainer;
-static int train_step(void *ctx, kn_tensor *const *in, kn_tensor **out) {
-    trainer *t = ctx;
-    kn_tensor *loss = kn_cross_entropy(kn_forward(t->model, in[0]), in[1], KN_REDUCE_MEAN);
-    kn_optim_zero_grad(t->opt);
-    if (!loss || kn_backward(loss, NULL) != 0 || kn_optim_step(t->opt) != 0) return -1;
-    out[0] = loss;
-    return 0;
-}
 
 static void train(bool traced, double *losses, int steps) {
     kn_manual_seed(21);
-    trainer t = {kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL), NULL};
+    trainer t = {.model = kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL)};
     kn_tensor *p[4];
     kn_parameters(t.model, p, NULL, 4);
     t.opt = kn_adam_new(p, 4, 1e-2, 0.9, 0.999, 1e-8, 0);
@@ -383,16 +374,6 @@ static int passes_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
     kn_tanh(in[0]);                                                 /* dead */
     out[0] = kn_mul(kn_add(c, b), k);
     return 0;
-}
-
-char *dump_of(kn_fn *f, void (*dump)(const kn_fn *, FILE *));
-char *dump_of(kn_fn *f, void (*dump)(const kn_fn *, FILE *)) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    dump(f, m);
-    fclose(m);
-    return buf;
 }
 
 Test(function, passes_fold_cse_simplify_and_eliminate) {
@@ -516,7 +497,7 @@ Test(function, cond_branches_must_agree) {
  * never holds more memory than the same step run eagerly. */
 Test(function, traced_peak_memory_is_at_most_eager) {
     kn_manual_seed(4);
-    trainer t = {kn_sequential_new(kn_linear_new(256, 512, true), kn_relu_new(), kn_linear_new(512, 10, true), NULL), NULL};
+    trainer t = {.model = kn_sequential_new(kn_linear_new(256, 512, true), kn_relu_new(), kn_linear_new(512, 10, true), NULL)};
     kn_tensor *p[4];
     kn_parameters(t.model, p, NULL, 4);
     t.opt = kn_adam_new(p, 4, 1e-3, 0.9, 0.999, 1e-8, 0);
@@ -629,8 +610,8 @@ Test(function, a_replaced_capture_retraces) {
  * of an epoch reuses the plan, and the 1/N of the mean follows N. */
 Test(function, symbolic_batch_sizes_match_eager) {
     kn_manual_seed(8);
-    trainer t = {kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL), NULL};
-    trainer e = {kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL), NULL};
+    trainer t = {.model = kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL)};
+    trainer e = {.model = kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 4, true), NULL)};
     kn_tensor *pt[4], *pe[4];
     kn_parameters(t.model, pt, NULL, 4);
     kn_parameters(e.model, pe, NULL, 4);

@@ -496,11 +496,7 @@ static void check_plan(body_fn f, kn_tensor *const *in, int nin, int nodes, int 
         if (rtol == 0) assert_equal(got, want);
         else assert_close(got, want, rtol, rtol);
     }
-    char *text = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&text, &len);
-    kn_fn_dump(fn, m);
-    fclose(m);
+    char *text = dump_of(fn, kn_fn_dump);
     int nf = 0;
     for (const char *p = strstr(text, "= fused<"); p; p = strstr(p + 1, "= fused<")) nf++;
     cr_assert_eq(kn_fn_stats(fn).nodes, nodes, "%s", text);

@@ -12,11 +12,7 @@ KN_SUITE(passes, 11);
 
 /* The newest plan as text, and how often s occurs in it. */
 static int count_in_plan(const kn_fn *f, const char *s) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    kn_fn_dump(f, m);
-    fclose(m);
+    char *buf = dump_of(f, kn_fn_dump);
     int n = 0;
     for (const char *p = buf; (p = strstr(p, s)); p++) n++;
     free(buf);
@@ -276,17 +272,6 @@ Test(passes, gradients_see_the_written_tensors) {
 }
 
 /* ---- training loops: traced vs eager, bitwise ---- */
-typedef struct { kn_module *model; kn_optim *opt; kn_tensor *p[4]; } trainer;
-
-static int train_step(void *ctx, kn_tensor *const *in, kn_tensor **out) {
-    trainer *t = ctx;
-    kn_tensor *loss = kn_cross_entropy(kn_forward(t->model, in[0]), in[1], KN_REDUCE_MEAN);
-    kn_optim_zero_grad(t->opt);
-    if (!loss || kn_backward(loss, NULL) != 0 || kn_optim_step(t->opt) != 0) return -1;
-    out[0] = loss;
-    return 0;
-}
-
 /* The optimizer alone, with gradients from an eager backward: the plan
  * reads them at call time. */
 static int step_only(void *ctx, kn_tensor *const *in, kn_tensor **out) {
