@@ -3,6 +3,7 @@
  * f64 or integer gemm: those use the blocked loop below, parallel over rows.
  * Every oneDNN version check of the project lives in this file. */
 #include "onednn.h"
+#include "onednn_prim.h"
 #include "../../core/internal.h"
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -132,137 +133,45 @@ int kn__gemm_i64(const char *op, bool ta, bool tb, int64_t M, int64_t N, int64_t
                      (double)beta);
 }
 
-/* ---- linear with fused epilogues: oneDNN's matmul primitive ----
- * Creating a primitive costs far more than running a small one, so they are
- * cached by geometry in a small locked LRU cache, as the convolutions are
- * (onednn_conv.c): entries are refcounted, and one evicted while another
- * thread runs it dies after that run. A user scratchpad, allocated per call,
- * lets any thread run a cached primitive. */
-#include <pthread.h>
+/* ---- linear with fused epilogues: oneDNN's matmul primitive, cached by
+ * geometry (onednn_prim.h) ---- */
+KN_PRIM_CACHE(mm_cache, 32);
 
-#define MM_CACHE_CAP 32
-
-typedef struct {  /* all int64_t, so no padding bytes spoil memcmp */
-    int64_t M, N, K, ldx, w_rs, w_cs, bias, act;
-} mm_key;
-
-typedef struct {
-    mm_key key;
-    dnnl_primitive_t prim;
-    dnnl_memory_desc_t md_src, md_wei, md_bias, md_dst, md_scratch;
-    size_t scratch_bytes;
-    uint64_t stamp;  /* last use, for LRU */
-    int refs;        /* callers running it now */
-    bool evicted;
-} mm_entry;
-
-static dnnl_engine_t mm_engine;
-static dnnl_status_t mm_engine_status;
-static pthread_once_t mm_engine_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t mm_lock = PTHREAD_MUTEX_INITIALIZER;
-static mm_entry *mm_cache[MM_CACHE_CAP];
-static uint64_t mm_tick;
-
-static void mm_engine_init(void) { mm_engine_status = dnnl_engine_create(&mm_engine, dnnl_cpu, 0); }
-
-static void mm_free(mm_entry *e) {
-    if (e->prim) dnnl_primitive_destroy(e->prim);
-    free(e);
-}
+enum { MM_M, MM_N, MM_K, MM_LDX, MM_W_RS, MM_W_CS, MM_BIAS, MM_ACT, MM_KEY };
+enum { MD_SRC, MD_WEI, MD_DST, MD_BIAS };
 
 static dnnl_status_t md2(dnnl_memory_desc_t *md, int64_t rows, int64_t cols, int64_t rs, int64_t cs) {
     dnnl_dims_t dims = {rows, cols}, strides = {rs, cs};
     return dnnl_memory_desc_init_by_strides(md, 2, dims, dnnl_f32, strides);
 }
 
-#define TRY(call)                                        \
-    do {                                                 \
-        if ((s = (call)) != dnnl_success) goto done;     \
-    } while (0)
-
 /* y [M,N] = x [M,K] @ w^T [K,N] + bias [1,N], then the activation. */
-static dnnl_status_t mm_build(mm_entry *e, const mm_key *k) {
+static dnnl_status_t mm_build(kn_prim *e, dnnl_engine_t engine) {
+    const int64_t *k = e->key;
     dnnl_status_t s;
     dnnl_matmul_desc_t d;
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
-    TRY(md2(&e->md_src, k->M, k->K, k->ldx, 1));
-    TRY(md2(&e->md_wei, k->K, k->N, k->w_cs, k->w_rs));  /* w^T: a strided view, no copy */
-    TRY(md2(&e->md_bias, 1, k->N, k->N, 1));
-    TRY(md2(&e->md_dst, k->M, k->N, k->N, 1));
-    TRY(dnnl_primitive_attr_create(&attr));
-    TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
-    if (k->act == KN_ACT_RELU) {  /* relu with negative slope 0 */
-        TRY(dnnl_post_ops_create(&po));
-        TRY(dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f));
-        TRY(dnnl_primitive_attr_set_post_ops(attr, po));
+    KN_DNNL_TRY(md2(&e->md[MD_SRC], k[MM_M], k[MM_K], k[MM_LDX], 1));
+    KN_DNNL_TRY(md2(&e->md[MD_WEI], k[MM_K], k[MM_N], k[MM_W_CS], k[MM_W_RS]));  /* w^T: a strided view, no copy */
+    KN_DNNL_TRY(md2(&e->md[MD_BIAS], 1, k[MM_N], k[MM_N], 1));
+    KN_DNNL_TRY(md2(&e->md[MD_DST], k[MM_M], k[MM_N], k[MM_N], 1));
+    KN_DNNL_TRY(dnnl_primitive_attr_create(&attr));
+    KN_DNNL_TRY(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    if (k[MM_ACT] == KN_ACT_RELU) {  /* relu with negative slope 0 */
+        KN_DNNL_TRY(dnnl_post_ops_create(&po));
+        KN_DNNL_TRY(dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f));
+        KN_DNNL_TRY(dnnl_primitive_attr_set_post_ops(attr, po));
     }
-    TRY(dnnl_matmul_desc_init(&d, &e->md_src, &e->md_wei, k->bias ? &e->md_bias : NULL, &e->md_dst));
-    TRY(dnnl_primitive_desc_create(&pd, &d, attr, mm_engine, NULL));
-    e->md_scratch = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-    e->scratch_bytes = dnnl_memory_desc_get_size(&e->md_scratch);
-    TRY(dnnl_primitive_create(&e->prim, pd));
+    KN_DNNL_TRY(dnnl_matmul_desc_init(&d, &e->md[MD_SRC], &e->md[MD_WEI], k[MM_BIAS] ? &e->md[MD_BIAS] : NULL,
+                              &e->md[MD_DST]));
+    KN_DNNL_TRY(dnnl_primitive_desc_create(&pd, &d, attr, engine, NULL));
+    KN_DNNL_TRY(kn__prim_create(e, pd));
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (po) dnnl_post_ops_destroy(po);
     if (attr) dnnl_primitive_attr_destroy(attr);
-    return s;
-}
-
-/* The cached entry for k with one hold taken, built on a miss (outside the
- * lock: creation is slow); NULL with *st set when oneDNN refuses. */
-static mm_entry *mm_get(const mm_key *k, dnnl_status_t *st) {
-    pthread_mutex_lock(&mm_lock);
-    for (int i = 0; i < MM_CACHE_CAP; i++)
-        if (mm_cache[i] && !memcmp(&mm_cache[i]->key, k, sizeof *k)) {
-            mm_cache[i]->refs++;
-            mm_cache[i]->stamp = ++mm_tick;
-            pthread_mutex_unlock(&mm_lock);
-            return mm_cache[i];
-        }
-    pthread_mutex_unlock(&mm_lock);
-
-    mm_entry *e = calloc(1, sizeof *e);
-    if (!e) { *st = dnnl_out_of_memory; return NULL; }
-    e->key = *k;
-    if ((*st = mm_build(e, k)) != dnnl_success) { mm_free(e); return NULL; }
-
-    pthread_mutex_lock(&mm_lock);
-    int slot = 0;
-    for (int i = 0; i < MM_CACHE_CAP; i++) {
-        if (mm_cache[i] && !memcmp(&mm_cache[i]->key, k, sizeof *k)) {  /* another thread won */
-            mm_entry *won = mm_cache[i];
-            won->refs++;
-            won->stamp = ++mm_tick;
-            pthread_mutex_unlock(&mm_lock);
-            mm_free(e);
-            return won;
-        }
-        if (!mm_cache[i] || (mm_cache[slot] && mm_cache[i]->stamp < mm_cache[slot]->stamp)) slot = i;
-    }
-    if (mm_cache[slot]) {  /* full: evict the least recently used */
-        if (mm_cache[slot]->refs == 0) mm_free(mm_cache[slot]);
-        else mm_cache[slot]->evicted = true;  /* its last user frees it */
-    }
-    mm_cache[slot] = e;
-    e->refs = 1;
-    e->stamp = ++mm_tick;
-    pthread_mutex_unlock(&mm_lock);
-    return e;
-}
-
-static void mm_put(mm_entry *e) {
-    pthread_mutex_lock(&mm_lock);
-    if (--e->refs == 0 && e->evicted) mm_free(e);
-    pthread_mutex_unlock(&mm_lock);
-}
-
-/* Wraps buf in a oneDNN memory object and appends it to args. */
-static dnnl_status_t mm_arg(dnnl_exec_arg_t *args, int *n, int id, const dnnl_memory_desc_t *md, const void *buf) {
-    dnnl_memory_t m;
-    dnnl_status_t s = dnnl_memory_create(&m, md, mm_engine, (void *)buf);
-    if (s == dnnl_success) args[(*n)++] = (dnnl_exec_arg_t){id, m};
     return s;
 }
 
@@ -277,36 +186,14 @@ int kn__linear_f32(const char *op, int64_t M, int64_t N, int64_t K, const float 
             }
         return 0;
     }
-    pthread_once(&mm_engine_once, mm_engine_init);
-    dnnl_status_t s = mm_engine_status;
-    mm_entry *e = NULL;
-    if (s != dnnl_success) goto fail;
-    mm_key k = {M, N, K, ldx, w_rs, w_cs, bias != NULL, act};
-    if (!(e = mm_get(&k, &s))) goto fail;
-    dnnl_exec_arg_t args[5];
-    int nargs = 0;
-    dnnl_stream_t stream = NULL;
-    void *scratch = NULL;
-    if (e->scratch_bytes && !(scratch = aligned_alloc(64, (e->scratch_bytes + 63) & ~(size_t)63))) {
-        s = dnnl_out_of_memory;
-        goto cleanup;
+    dnnl_status_t s;
+    int64_t key[MM_KEY] = {M, N, K, ldx, w_rs, w_cs, bias != NULL, act};
+    kn_prim *e = kn__prim_get(&mm_cache, key, MM_KEY, mm_build, &s);
+    if (e) {
+        static const int ids[] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
+        s = kn__prim_run(&mm_cache, e, 4, ids, (const void *[]){x, w, y, bias});
     }
-    if ((s = mm_arg(args, &nargs, DNNL_ARG_SRC, &e->md_src, x)) != dnnl_success ||
-        (s = mm_arg(args, &nargs, DNNL_ARG_WEIGHTS, &e->md_wei, w)) != dnnl_success ||
-        (s = mm_arg(args, &nargs, DNNL_ARG_DST, &e->md_dst, y)) != dnnl_success ||
-        (bias && (s = mm_arg(args, &nargs, DNNL_ARG_BIAS, &e->md_bias, bias)) != dnnl_success) ||
-        (scratch && (s = mm_arg(args, &nargs, DNNL_ARG_SCRATCHPAD, &e->md_scratch, scratch)) != dnnl_success))
-        goto cleanup;
-    /* A CPU stream is cheap; one per call keeps threads from sharing one. */
-    if ((s = dnnl_stream_create(&stream, mm_engine, dnnl_stream_default_flags)) != dnnl_success) goto cleanup;
-    if ((s = dnnl_primitive_execute(e->prim, stream, nargs, args)) == dnnl_success) s = dnnl_stream_wait(stream);
-cleanup:
-    if (stream) dnnl_stream_destroy(stream);
-    for (int i = 0; i < nargs; i++) dnnl_memory_destroy(args[i].memory);
-    free(scratch);
-    mm_put(e);
     if (s == dnnl_success) return 0;
-fail:
     kn__error("%s: oneDNN matmul failed for M=%lld N=%lld K=%lld (%s)", op, (long long)M, (long long)N,
               (long long)K, dnnl_status2str(s));
     return -1;
