@@ -43,6 +43,14 @@ void kn__fused_free(struct kn_fused *f) {
     free(f);
 }
 
+/* The kernel description of f for operands of these stride classes. */
+static kn_jit_desc desc_of(const struct kn_fused *f, const uint8_t *inner) {
+    kn_jit_desc d = {.rows = f->rows, .nin = f->nin, .nout = 1, .steps = f->steps, .nsteps = f->nsteps,
+                     .phases = f->phases, .nphases = f->nphases};
+    memcpy(d.inner, inner, (size_t)f->nin + 1);
+    return d;
+}
+
 static bool ew_op(kn_op op) {
     switch (op) {
     case KN_OP_exp: case KN_OP_log: case KN_OP_sqrt: case KN_OP_rsqrt: case KN_OP_tanh:
@@ -282,10 +290,9 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
 
 /* ---- planning ---- */
 
-/* One group to fuse: its root node, members, and the kernel description. */
+/* One group to fuse: its root node, members, inputs and its kernel (f). */
 typedef struct {
     int root, members;
-    kn_jit_desc desc;   /* its steps and phases live in f */
     int *inputs;        /* value ids of the kernel's inputs */
     struct kn_fused *f;
 } fuse_group;
@@ -365,9 +372,6 @@ static bool plan_group(const kn_trace *tr, const int *group, int root, const ncl
     memcpy(f->phases, L->ph, (size_t)L->np * sizeof *L->ph);
     f->nsteps = L->ns;
     f->nphases = L->np;
-    g->desc = (kn_jit_desc){.rows = rows, .nin = L->nin, .nout = 1, .steps = f->steps, .nsteps = L->ns,
-                            .phases = f->phases, .nphases = L->np};
-    memcpy(g->desc.inner, g->f->inner, sizeof g->desc.inner);
     return true;
 }
 
@@ -460,8 +464,9 @@ void kn__fuse_compile(kn_fuse_job *j) {
     bool dump = kn__env(&dump_env, "KN_DUMP", "kernels");
     for (int i = 0; j && i < j->ngroups; i++) {
         fuse_group *g = &j->g[i];
-        if (dump) kn__jit_print_c(stderr, &g->desc, j->name);
-        if (!(g->f->k = kn__jit_kernel(&g->desc)))
+        kn_jit_desc d = desc_of(g->f, g->f->inner);
+        if (dump) kn__jit_print_c(stderr, &d, j->name);
+        if (!(g->f->k = kn__jit_kernel(&d)))
             kn_clear_error();  /* no JIT for this group: its nodes run one by one */
     }
 }
@@ -507,7 +512,7 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
         free(root->in);
         root->in = g->inputs;  /* handed over */
         g->inputs = NULL;
-        root->nin = g->desc.nin;
+        root->nin = g->f->nin;
         root->kind = N_FUSED;
         root->fused = g->f;
         g->f = NULL;
@@ -563,9 +568,7 @@ static kn_jit_kernel kernel_for(struct kn_fused *f, const uint8_t *inner, int no
         kn_jit_kernel k = atomic_load(&f->variant[v].k);
         if (k && !memcmp(inner, f->variant[v].inner, (size_t)nops)) return k;
     }
-    kn_jit_desc d = {.rows = f->rows, .nin = f->nin, .nout = 1, .steps = f->steps, .nsteps = f->nsteps,
-                     .phases = f->phases, .nphases = f->nphases};
-    memcpy(d.inner, inner, (size_t)nops);
+    kn_jit_desc d = desc_of(f, inner);
     kn_jit_kernel k = kn__jit_kernel(&d);
     int v = k ? atomic_fetch_add(&f->nvariants, 1) : MAX_VARIANTS;
     if (v < MAX_VARIANTS) {
