@@ -74,7 +74,10 @@ RULE(abs) {
     SET(0, kn_mul(g, kn_sub(mask_of(kn_gt(x, z), x), mask_of(kn_lt(x, z), x))));
     return 0;
 }
-RULE(relu) { SET(0, kn_where(kn_gt(IN(0), num(0, IN(0))), g, num(0, g))); return 0; }
+/* relu(x) > 0 exactly where x > 0 (NaN in both: false), so the rule reads the
+ * output: the input can die at the relu, and a traced step fuses it into
+ * the linear before it (linear_relu). */
+RULE(relu) { SET(0, kn_where(kn_gt(OUT, num(0, OUT)), g, num(0, g))); return 0; }
 RULE(clamp) {
     kn_tensor *x = IN(0);
     kn_tensor *in_range = kn_logical_and(kn_ge(x, num(n->p.d[0], x)), kn_le(x, num(n->p.d[1], x)));
@@ -310,7 +313,7 @@ RULE(cross_entropy) {  /* in = {logits [N,C], target [N]} */
 const kn_derivative kn_derivatives[KN_OP_COUNT] = {
     UNARY_SAVES_OUT(exp), SAVES(log, 1), UNARY_SAVES_OUT(sqrt), UNARY_SAVES_OUT(rsqrt),
     UNARY_SAVES_OUT(tanh), UNARY_SAVES_OUT(sigmoid), SAVES(sin, 1), SAVES(cos, 1), SAVES(erf, 1),
-    SAVES(gelu, 1), SAVES(gelu_tanh, 1), SAVES(neg, 0), SAVES(abs, 1), SAVES(relu, 1),
+    SAVES(gelu, 1), SAVES(gelu_tanh, 1), SAVES(neg, 0), SAVES(abs, 1), UNARY_SAVES_OUT(relu),
     SAVES(clamp, 1), SAVES(add, 0), SAVES(sub, 0), SAVES(mul, 3), SAVES(div, 3), SAVES(pow, 3),
     SAVES(maximum, 3), SAVES(minimum, 3), SAVES(where, 1), SAVES(cast, 0),
     SAVES(sum, 0), SAVES(mean, 0), [KN_OP_max] = {d_max, 1, true}, [KN_OP_min] = {d_min, 1, true},

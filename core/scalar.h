@@ -562,4 +562,17 @@ KN_SCALAR_INLINE double kn_s_clamp_f64(double x, double lo, double hi) {
     return kn_s_minimum_f64(kn_s_maximum_f64(x, lo), hi);
 }
 
+/* Comparisons and where on booleans held as floats (1.0f true, 0.0f false),
+ * the form they take inside fused kernels; IEEE compares, so NaN compares
+ * false except under !=. */
+#define KN__COMPARE_F32(name, cmp) \
+    KN_SCALAR_INLINE float kn_s_##name##_f32(float a, float b) { return (a cmp b) ? 1.0f : 0.0f; }
+KN__COMPARE_F32(eq, ==)
+KN__COMPARE_F32(ne, !=)
+KN__COMPARE_F32(lt, <)
+KN__COMPARE_F32(le, <=)
+KN__COMPARE_F32(gt, >)
+KN__COMPARE_F32(ge, >=)
+KN_SCALAR_INLINE float kn_s_where_f32(float c, float a, float b) { return c != 0.0f ? a : b; }
+
 #endif /* KN_CORE_SCALAR_H */

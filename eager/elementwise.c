@@ -257,12 +257,25 @@ SCALAR_FORM(div)
 SCALAR_FORM(pow)
 
 /* ---- where and cast ---- */
-#define WHERE_LOOP(NAME, T)                                                       \
-    static void NAME(int64_t n, char **p, const int64_t *s, const void *u) {     \
-        (void)u;                                                                  \
-        for (int64_t i = 0; i < n; i++)                                           \
-            *(T *)(p[0] + i * s[0]) = *(const uint8_t *)(p[1] + i * s[1])         \
-                ? *(const T *)(p[2] + i * s[2]) : *(const T *)(p[3] + i * s[3]);  \
+/* Dense operands (b may be one broadcast value, as in relu's gradient) take
+ * a loop that vectorizes: both values are loaded, then selected. */
+#define WHERE_LOOP(NAME, T)                                                               \
+    static void NAME(int64_t n, char **p, const int64_t *s, const void *u) {             \
+        (void)u;                                                                          \
+        T *o = (T *)p[0];                                                                 \
+        const uint8_t *c = (const uint8_t *)p[1];                                         \
+        const T *a = (const T *)p[2], *b = (const T *)p[3];                               \
+        if (s[0] == sizeof(T) && s[1] == 1 && s[2] == sizeof(T) && (s[3] == 0 || s[3] == sizeof(T))) { \
+            int64_t bs = s[3] ? 1 : 0;                                                    \
+            for (int64_t i = 0; i < n; i++) {                                             \
+                T av = a[i], bv = b[i * bs];                                              \
+                o[i] = c[i] ? av : bv;                                                    \
+            }                                                                             \
+            return;                                                                       \
+        }                                                                                 \
+        for (int64_t i = 0; i < n; i++)                                                   \
+            *(T *)(p[0] + i * s[0]) = *(const uint8_t *)(p[1] + i * s[1])                 \
+                ? *(const T *)(p[2] + i * s[2]) : *(const T *)(p[3] + i * s[3]);          \
     }
 WHERE_LOOP(where1, uint8_t)
 WHERE_LOOP(where4, uint32_t)

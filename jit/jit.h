@@ -2,7 +2,8 @@
  *
  * A kernel is a loop nest over an index space (the "domain") whose sizes and
  * strides are arguments, so one compiled kernel serves every batch size.
- * Operands are f32 arrays: inputs 0..nin-1, then outputs. Each is addressed
+ * Operands are f32 arrays: inputs 0..nin-1, then outputs. Booleans exist only
+ * inside a kernel, as 1.0f and 0.0f (comparisons make them, where reads them). Each is addressed
  * with its own strides in the domain (0 along broadcast dims). The last dim
  * is the inner loop; an operand's stride there has a class fixed at compile
  * time: 0 (broadcast), 1 (contiguous) or any (strided: read from the layout).
@@ -36,9 +37,12 @@ typedef struct {
     kn_jit_kind kind;
     int arg;     /* INPUT: operand; ACC: phase */
     float value; /* CONST (compared by bits: -0 and NaN payloads count) */
-    kn_op op;    /* OP: an elementwise op with a 1- or 2-argument f32 formula */
-    int a, b;    /* OP: operand steps, earlier than this one; b for binary ops */
+    kn_op op;    /* OP: an elementwise op with a 1- to 3-argument f32 formula */
+    int a, b, c; /* OP: operand steps, earlier than this one, as many as the op's arity */
 } kn_jit_step;
+
+/* Operand k (< the op's arity) of an OP step. */
+static inline int kn__jit_arg(const kn_jit_step *s, int k) { return k == 0 ? s->a : k == 1 ? s->b : s->c; }
 
 typedef enum { KN_PHASE_STORE, KN_PHASE_SUM, KN_PHASE_MAX, KN_PHASE_ROW_STORE } kn_phase_kind;
 

@@ -34,25 +34,24 @@ static uint32_t float_bits(float v) {
  * equal words whatever the caller left in the fields a step does not use. */
 static uint32_t *normalize(const kn_jit_desc *d, size_t *nwords) {
     int nops = d->nin + d->nout;
-    *nwords = 6 + (size_t)nops + 4 * (size_t)d->nsteps + 3 * (size_t)d->nphases;
+    *nwords = 6 + (size_t)nops + 5 * (size_t)d->nsteps + 3 * (size_t)d->nphases;
     uint32_t *w = calloc(*nwords, sizeof *w), *x = w;
     if (!w) return NULL;
-    *x++ = 2; /* the IR's version: bump when codegen changes meaning */
+    *x++ = 3; /* the IR's version: bump when codegen changes meaning */
     *x++ = d->rows;
     *x++ = (uint32_t)d->nin;
     *x++ = (uint32_t)d->nout;
     *x++ = (uint32_t)d->nsteps;
     *x++ = (uint32_t)d->nphases;
     for (int k = 0; k < nops; k++) *x++ = d->inner[k];
-    for (int i = 0; i < d->nsteps; i++, x += 4) {
+    for (int i = 0; i < d->nsteps; i++, x += 5) {
         const kn_jit_step *s = &d->steps[i];
         x[0] = (uint32_t)s->kind;
         if (s->kind == KN_JIT_INPUT || s->kind == KN_JIT_ACC) x[1] = (uint32_t)s->arg;
         if (s->kind == KN_JIT_CONST) x[1] = float_bits(s->value);
         if (s->kind == KN_JIT_OP) {
             x[1] = (uint32_t)s->op;
-            x[2] = (uint32_t)s->a;
-            x[3] = kn_op_table[s->op].arity == 2 ? (uint32_t)s->b : 0;
+            for (int j = 0; j < kn_op_table[s->op].arity; j++) x[2 + j] = (uint32_t)kn__jit_arg(s, j);
         }
     }
     for (int p = 0; p < d->nphases; p++, x += 3) {
@@ -92,8 +91,9 @@ static bool reaches(const kn_jit_desc *d, int root, bool *seen, int p, int *bad,
         (s->arg >= p || d->phases[s->arg].kind == KN_PHASE_STORE || d->phases[s->arg].kind == KN_PHASE_ROW_STORE))
         return *why = "not the result of an earlier reduction", false;
     if (s->kind != KN_JIT_OP) return true;
-    if (!reaches(d, s->a, seen, p, bad, why)) return false;
-    return kn_op_table[s->op].arity < 2 || reaches(d, s->b, seen, p, bad, why);
+    for (int j = 0; j < kn_op_table[s->op].arity; j++)
+        if (!reaches(d, kn__jit_arg(s, j), seen, p, bad, why)) return false;
+    return true;
 }
 
 static bool check(const kn_jit_desc *d) {
@@ -126,12 +126,13 @@ static bool check(const kn_jit_desc *d) {
         if (s->kind != KN_JIT_OP) return kn__error("jit: step %d has unknown kind %d", i, (int)s->kind), false;
         if ((unsigned)s->op >= KN_OP_COUNT) return kn__error("jit: step %d has unknown op %d", i, (int)s->op), false;
         const kn_op_info *info = &kn_op_table[s->op];
-        if (info->kind != KN_KIND_ELEMENTWISE || info->arity < 1 || info->arity > 2)
-            return kn__error("jit: step %d: op %s is not a unary or binary elementwise op", i, info->name), false;
-        bool bad_a = s->a < 0 || s->a >= i, bad_b = info->arity == 2 && (s->b < 0 || s->b >= i);
-        if (bad_a || bad_b)
-            return kn__error("jit: step %d (%s) uses step %d, which is not an earlier step", i, info->name,
-                             bad_a ? s->a : s->b), false;
+        if (info->kind != KN_KIND_ELEMENTWISE || info->arity < 1 || info->arity > 3)
+            return kn__error("jit: step %d: op %s is not an elementwise op of 1 to 3 arguments", i, info->name),
+                   false;
+        for (int j = 0; j < info->arity; j++)
+            if (kn__jit_arg(s, j) < 0 || kn__jit_arg(s, j) >= i)
+                return kn__error("jit: step %d (%s) uses step %d, which is not an earlier step", i, info->name,
+                                 kn__jit_arg(s, j)), false;
     }
     bool *seen = calloc((size_t)d->nsteps, sizeof *seen);
     if (!seen) return kn__error("jit: out of memory"), false;
@@ -209,9 +210,9 @@ static LLVMValueRef expr(gen *g, int i) {
         LLVMValueRef f = formula(g, s->op);
         if (!f) return kn__error("jit: step %d: op %s has no f32 formula to compile", i, kn_op_table[s->op].name);
         int arity = kn_op_table[s->op].arity;
-        LLVMValueRef x = expr(g, s->a), y = arity == 2 ? expr(g, s->b) : NULL;
-        if (!x || (arity == 2 && !y)) return NULL;
-        LLVMValueRef args[2] = {x, y};
+        LLVMValueRef args[3];
+        for (int j = 0; j < arity; j++)
+            if (!(args[j] = expr(g, kn__jit_arg(s, j)))) return NULL;
         r = LLVMBuildCall2(b, LLVMGlobalGetValueType(f), f, args, (unsigned)arity, "");
         break;
     }
@@ -230,8 +231,8 @@ static bool costly(const kn_jit_desc *d, int root) {
         kn_op op = s->op;
         c[i] = s->kind == KN_JIT_OP &&
                (op == KN_OP_exp || op == KN_OP_log || op == KN_OP_tanh || op == KN_OP_sigmoid || op == KN_OP_sin ||
-                op == KN_OP_cos || op == KN_OP_erf || op == KN_OP_gelu || op == KN_OP_gelu_tanh || op == KN_OP_pow ||
-                c[s->a] || (kn_op_table[op].arity == 2 && c[s->b]));
+                op == KN_OP_cos || op == KN_OP_erf || op == KN_OP_gelu || op == KN_OP_gelu_tanh || op == KN_OP_pow);
+        for (int j = 0; s->kind == KN_JIT_OP && j < kn_op_table[op].arity; j++) c[i] |= c[kn__jit_arg(s, j)];
         any |= c[i];
     }
     return root < 0 ? any : c[root];

@@ -10,10 +10,8 @@
 static void print_steps(FILE *o, const kn_jit_desc *d, int root, bool *done, const char *ind, const char *at) {
     if (done[root]) return;
     const kn_jit_step *s = &d->steps[root];
-    if (s->kind == KN_JIT_OP) {
-        print_steps(o, d, s->a, done, ind, at);
-        if (kn_op_table[s->op].arity == 2) print_steps(o, d, s->b, done, ind, at);
-    }
+    for (int j = 0; s->kind == KN_JIT_OP && j < kn_op_table[s->op].arity; j++)
+        print_steps(o, d, kn__jit_arg(s, j), done, ind, at);
     done[root] = true;
     fprintf(o, "%sfloat v%d = ", ind, root);
     switch (s->kind) {
@@ -25,10 +23,9 @@ static void print_steps(FILE *o, const kn_jit_desc *d, int root, bool *done, con
     case KN_JIT_ACC: fprintf(o, "acc%d;\n", s->arg); break;
     case KN_JIT_ROWLEN: fprintf(o, "(float)len;\n"); break;
     case KN_JIT_OP:
-        if (kn_op_table[s->op].arity == 2)
-            fprintf(o, "kn_s_%s_f32(v%d, v%d);\n", kn_op_table[s->op].name, s->a, s->b);
-        else
-            fprintf(o, "kn_s_%s_f32(v%d);\n", kn_op_table[s->op].name, s->a);
+        fprintf(o, "kn_s_%s_f32(", kn_op_table[s->op].name);
+        for (int j = 0; j < kn_op_table[s->op].arity; j++) fprintf(o, "%sv%d", j ? ", " : "", kn__jit_arg(s, j));
+        fprintf(o, ");\n");
         break;
     }
 }

@@ -20,6 +20,12 @@ UNARY(neg) UNARY(abs) UNARY(relu)
 BINARY(add) BINARY(sub) BINARY(mul) BINARY(div) BINARY(pow)
 BINARY(maximum) BINARY(minimum)
 
+/* Booleans inside kernels are floats (core/scalar.h): f32 wrappers only. */
+#define COMPARE(name) \
+    float kn_jit_##name##_f32(float a, float b) { return kn_s_##name##_f32(a, b); }
+COMPARE(eq) COMPARE(ne) COMPARE(lt) COMPARE(le) COMPARE(gt) COMPARE(ge)
+float kn_jit_where_f32(float c, float a, float b) { return kn_s_where_f32(c, a, b); }
+
 /* Kernels call this once per row: the offset of each of nops operands at
  * row r, given the layout {nd, size[nd], strides of operand 0, ...} of
  * jit/jit.h (r counts rows of the dims before the last, row-major). */

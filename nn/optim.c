@@ -108,7 +108,7 @@ static int sgd_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
 }
 
 /* PyTorch's Adam: m, v moments; step = lr / (1 - b1^t); denom = sqrt(v) /
- * sqrt(1 - b2^t) + eps. AdamW decays the weight before the step. */
+ * sqrt(1 - b2^t) + eps (rearranged below). AdamW decays the weight before the step. */
 static int adam_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
     if (!o->m[i] && (!(o->m[i] = state_like(p)) || !(o->v[i] = state_like(p)) ||
                      !(o->t[i] = kn_keep(kn_scalar(0, KN_F64)))))
@@ -122,8 +122,12 @@ static int adam_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
     if (kn_add_scalar_(o->t[i], 1) != 0) return -1;
     kn_tensor *bc1 = kn_add_scalar(kn_neg(kn_pow(kn_scalar(o->b1, KN_F64), o->t[i])), 1);
     kn_tensor *bc2 = kn_add_scalar(kn_neg(kn_pow(kn_scalar(o->b2, KN_F64), o->t[i])), 1);
-    kn_tensor *denom = kn_add_scalar(kn_div(kn_sqrt(o->v[i]), kn_sqrt(bc2)), o->eps);
-    return kn_sub_(p, kn_mul(kn_div(o->m[i], denom), kn_div(o->lr, bc1)));
+    /* sqrt(bc2) moves out of the per-element denominator, which leaves one
+     * division and one square root per element (they bound the update's speed):
+     * lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) = (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps*sqrt(bc2)). */
+    kn_tensor *sb2 = kn_sqrt(bc2);
+    kn_tensor *denom = kn_add(kn_sqrt(o->v[i]), kn_mul_scalar(sb2, o->eps));
+    return kn_sub_(p, kn_mul(kn_div(o->m[i], denom), kn_div(kn_mul(o->lr, sb2), bc1)));
 }
 
 int kn_optim_step(kn_optim *o) {

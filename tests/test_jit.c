@@ -219,8 +219,8 @@ Test(jit, invalid_chains_give_errors) {
     EXPECT_ERR(chain_kernel(input, 1, 1), "reads an output no earlier phase wrote");
     kn_jit_step reduce[] = {IN(0), OP1(sum, 0)};
     EXPECT_ERR(chain_kernel(reduce, 2, 1), "op sum is not");
-    kn_jit_step cmp[] = {IN(0), OP2(eq, 0, 0)}; /* elementwise, but no float formula */
-    EXPECT_ERR(chain_kernel(cmp, 2, 1), "op eq has no f32 formula");
+    kn_jit_step cmp[] = {IN(0), OP2(logical_and, 0, 0)}; /* elementwise, but no float formula */
+    EXPECT_ERR(chain_kernel(cmp, 2, 1), "op logical_and has no f32 formula");
     kn_jit_step clamp[] = {IN(0), OP1(clamp, 0)};
     EXPECT_ERR(chain_kernel(clamp, 2, 1), "op clamp has no f32 formula");
     kn_jit_step bad_op[] = {IN(0), {.kind = KN_JIT_OP, .op = (kn_op)9999, .a = 0}};
@@ -547,6 +547,66 @@ Test(jit, row_ops_are_one_kernel_with_their_neighbours) {
     check_plan(mean_rows, &x, 1, 1, 1, 1e-6);
     check_plan(max_rows, &x, 1, 1, 1, 0); /* a max is exact */
     check_plan(centered, &x, 1, 1, 1, 1e-5);
+}
+
+/* Comparisons fuse into the where or cast that reads them (booleans are
+ * floats inside the kernel), bitwise equal to eager over special values. */
+static kn_op cmp_op;
+static kn_tensor *cmp_of(kn_tensor *a, kn_tensor *b) {
+    switch (cmp_op) {
+    case KN_OP_eq: return kn_eq(a, b);
+    case KN_OP_ne: return kn_ne(a, b);
+    case KN_OP_lt: return kn_lt(a, b);
+    case KN_OP_le: return kn_le(a, b);
+    case KN_OP_gt: return kn_gt(a, b);
+    default: return kn_ge(a, b);
+    }
+}
+static kn_tensor *select_by(kn_tensor *const *in) {
+    return kn_where(cmp_of(in[0], in[1]), kn_mul_scalar(in[0], 2.0), kn_sub(in[1], in[0]));
+}
+static kn_tensor *mask_times(kn_tensor *const *in) {
+    return kn_mul(kn_cast(cmp_of(in[0], kn_scalar(0.5, KN_F32)), KN_F32), in[1]);
+}
+static kn_tensor *shared_cond(kn_tensor *const *in) {  /* a boolean read twice stays a tensor */
+    kn_tensor *c = kn_gt(in[0], in[1]);
+    return kn_mul(kn_where(c, in[0], in[1]), kn_cast(c, KN_F32));
+}
+
+Test(jit, comparisons_fuse_into_where_and_cast) {
+    const float special[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1.0f, 0.5f, -2.0f};
+    kn_tensor *x = kn_randn(KN_SHAPE(17, 64), KN_F32), *y = kn_randn(KN_SHAPE(17, 64), KN_F32);
+    float *px = kn_data(x), *py = kn_data(y);
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 8; j++) px[i * 8 + j] = special[i], py[i * 8 + j] = special[j];
+    py[100] = px[100];  /* equal finite values */
+    kn_op ops[] = {KN_OP_eq, KN_OP_ne, KN_OP_lt, KN_OP_le, KN_OP_gt, KN_OP_ge};
+    for (int k = 0; k < 6; k++) {
+        cmp_op = ops[k];
+        check_plan(select_by, (kn_tensor *[]){x, y}, 2, 1, 1, 0);
+        check_plan(mask_times, (kn_tensor *[]){x, y}, 2, 1, 1, 0);
+    }
+    check_plan(shared_cond, (kn_tensor *[]){x, y}, 2, 4, 0, 0);
+}
+
+/* In a train step, relu's gradient where(relu(x) > 0, g, 0) is one kernel,
+ * and the forward linear takes the relu as its epilogue. */
+Test(jit, relu_gradient_is_one_kernel) {
+    kn_manual_seed(1);
+    trainer t = {kn_sequential_new(kn_linear_new(12, 16, true), kn_relu_new(), kn_linear_new(16, 3, true), NULL),
+                 NULL, {NULL}};
+    kn_parameters(t.model, t.p, NULL, 4);
+    t.opt = kn_sgd_new(t.p, 4, 0.1, 0, 0, false);
+    kn_tensor *xy[2] = {kn_randn(KN_SHAPE(8, 12), KN_F32), TI64(KN_SHAPE(8), 0, 1, 2, 0, 1, 2, 0, 1)};
+    kn_fn *f = kn_function("step", train_step, &t, 2, 1, NULL);
+    kn_tensor *loss;
+    cr_assert_eq(kn_call(f, xy, &loss), 0, "%s", kn_last_error());
+    char *text = dump_of(f, kn_fn_dump);
+    cr_assert(strstr(text, "last where>") && strstr(text, "linear_relu("), "%s", text);
+    free(text);
+    kn_fn_free(f);
+    kn_optim_free(t.opt);
+    kn_module_free(t.model);
 }
 
 /* Special values through a row kernel agree with eager: a row holding inf

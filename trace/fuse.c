@@ -110,19 +110,44 @@ static bool row_op(const kn_trace *tr, const tnode *n) {
 
 static bool is_reduction(kn_op op) { return op == KN_OP_sum || op == KN_OP_mean || op == KN_OP_max; }
 
-/* A node the JIT can evaluate: f32 out, operands it can load (f32 values
- * that broadcast to its domain, 0-dim values), and no autograd graph
- * needed from it at call time. */
-static nclass classify(const kn_trace *tr, const tnode *n) {
+static bool compare_op(kn_op op) {
+    return op == KN_OP_eq || op == KN_OP_ne || op == KN_OP_lt || op == KN_OP_le || op == KN_OP_gt || op == KN_OP_ge;
+}
+
+/* Booleans never leave a kernel (they are floats inside it): a comparison
+ * of f32 values fuses only when its one reader is a where (as the
+ * condition) or a cast to f32 of the same shape, and those read booleans
+ * only from such a comparison (classified before them). */
+static bool bool_reader(const kn_trace *tr, int id, const tnode *u) {
+    return u->kind == N_OP && u->out >= 0 && tr->vals[u->out].dtype == KN_F32 &&
+           same_shape(&tr->vals[id], &tr->vals[u->out]) &&
+           ((u->op == KN_OP_where && u->in[0] == id) || (u->op == KN_OP_cast && u->in[0] == id));
+}
+
+/* A node the JIT can evaluate: f32 out (or a comparison's boolean, see
+ * above), operands it can load (f32 values that broadcast to its domain,
+ * 0-dim values), and no autograd graph needed from it at call time.
+ * uses and user count and name each value's readers. */
+static nclass classify(const kn_trace *tr, const tnode *n, const nclass *cls, const int *uses, const int *user) {
     if (n->kind != N_OP || n->out < 0 || n->nin < 1 || n->in[0] < 0) return C_NONE;
     const tvalue *o = &tr->vals[n->out];
-    if (o->dtype != KN_F32 || (o->requires_grad && !tr->has_backward)) return C_NONE;
+    if (o->requires_grad && !tr->has_backward) return C_NONE;
+    if (compare_op(n->op)) {
+        if (o->dtype != KN_BOOL || uses[n->out] != 1 || !bool_reader(tr, n->out, &tr->nodes[user[n->out]]))
+            return C_NONE;
+    } else if (o->dtype != KN_F32) {
+        return C_NONE;
+    }
     if (row_op(tr, n)) return C_ROW;
-    if (!ew_op(n->op)) return C_NONE;
+    if (!ew_op(n->op) && !compare_op(n->op) && n->op != KN_OP_where && n->op != KN_OP_cast) return C_NONE;
     for (int j = 0; j < n->nin; j++) {
         const tvalue *x = n->in[j] >= 0 ? &tr->vals[n->in[j]] : NULL;
-        if (!x || x->dtype == KN_BOOL || (x->ndim > 0 && (x->dtype != KN_F32 || !broadcasts_to(x, o))))
+        if (!x || (x->ndim > 0 && !broadcasts_to(x, o))) return C_NONE;
+        if (x->dtype == KN_BOOL) {
+            if (!bool_reader(tr, n->in[j], n) || x->kind != V_NODE || cls[x->index] != C_EW) return C_NONE;
+        } else if ((x->ndim > 0 && x->dtype != KN_F32) || n->op == KN_OP_cast) {
             return C_NONE;
+        }
     }
     return C_EW;
 }
@@ -240,7 +265,11 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
     int x = value(L, tr, n->in[0]);
     int r;
     if (!row_op(tr, n) || n->kind != N_OP) {
-        r = kn_op_table[n->op].arity == 2 ? op2(L, n->op, x, value(L, tr, n->in[1])) : op1(L, n->op, x);
+        int arity = kn_op_table[n->op].arity;
+        kn_jit_step s = {.kind = KN_JIT_OP, .op = n->op, .a = x};
+        if (arity > 1) s.b = value(L, tr, n->in[1]);
+        if (arity > 2) s.c = value(L, tr, n->in[2]);
+        r = n->op == KN_OP_cast ? x : step(L, s);  /* a boolean already is the f32 0 or 1 */
         L->row_value[n->out] = false;
         L->step_of[n->out] = r;
         return;
@@ -337,6 +366,7 @@ static bool plan_group(const kn_trace *tr, const int *group, int root, const ncl
             lower_node(L, tr, &tr->nodes[k]);
         }
     const tnode *rn = &tr->nodes[root];
+    if (tr->vals[rn->out].dtype != KN_F32) return false;  /* a comparison whose reader did not fuse */
     bool row_out = L->row_value[rn->out];
     int out_step = L->step_of[rn->out];
     phase(L, row_out ? KN_PHASE_ROW_STORE : KN_PHASE_STORE, out_step, OUTPUT_MARK);
@@ -382,6 +412,7 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
     int n = tr->nnodes;
     kn_fuse_job *j = calloc(1, sizeof *j);
     int *uses = calloc((size_t)tr->nvals + 1, sizeof *uses), *parent = malloc(((size_t)n + 1) * sizeof *parent);
+    int *user = calloc((size_t)tr->nvals + 1, sizeof *user);
     nclass *cls = malloc(((size_t)n + 1) * sizeof *cls);
     lower L = {.s = malloc(KN_JIT_MAX_STEPS * sizeof *L.s),
                .inputs = malloc(KN_JIT_MAX_OPERANDS * sizeof *L.inputs),
@@ -393,22 +424,22 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
         j->name = strdup(tr->name);
         j->nnodes = n;
     }
-    if (!j || !j->group || !j->g || !j->name || !uses || !parent || !cls || !L.s || !L.inputs || !L.step_of ||
+    if (!j || !j->group || !j->g || !j->name || !uses || !user || !parent || !cls || !L.s || !L.inputs || !L.step_of ||
         !L.row_value) {
         kn__fuse_job_free(j);
         j = NULL;
         goto done;
     }
     for (int i = 0; i < n; i++) {  /* consumers: x*x uses x in one node */
-        cls[i] = classify(tr, &tr->nodes[i]);
         for (int k = 0; k < tr->nodes[i].nin; k++) {
             int id = tr->nodes[i].in[k];
             bool again = false;
             for (int q = 0; q < k; q++) again |= tr->nodes[i].in[q] == id;
-            if (id >= 0 && !again) uses[id]++;
+            if (id >= 0 && !again) uses[id]++, user[id] = i;
         }
     }
     for (int k = 0; k < nout; k++) uses[outs[k]] += 2;  /* an output is never an internal value */
+    for (int i = 0; i < n; i++) cls[i] = classify(tr, &tr->nodes[i], cls, uses, user);
     for (int i = 0; i < n; i++) parent[i] = i;
     /* A node joins the group of its consumer when that consumer is its only user. */
     for (int i = 0; i < n; i++) {
@@ -450,6 +481,7 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
     }
 done:
     free(uses);
+    free(user);
     free(parent);
     free(cls);
     free(L.s);
