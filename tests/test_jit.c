@@ -609,6 +609,20 @@ Test(jit, relu_gradient_is_one_kernel) {
     kn_module_free(t.model);
 }
 
+/* Rows shorter than a vector (masked vector loops) and around its width. */
+Test(jit, short_rows_agree_with_eager) {
+    int64_t lens[] = {1, 3, 10, 15, 16, 17, 33};
+    for (int k = 0; k < 7; k++) {
+        kn_tensor *x = kn_randn(KN_SHAPE(9, lens[k]), KN_F32), *y = kn_rand(KN_SHAPE(9, lens[k]), KN_F32);
+        kn_tensor *w = kn_randn(KN_SHAPE(lens[k]), KN_F32), *b = kn_randn(KN_SHAPE(lens[k]), KN_F32);
+        check_plan(softmax_consumers, (kn_tensor *[]){x, y}, 2, 1, 1, 1e-6);
+        check_plan(log_softmax_last, &x, 1, 1, 1, 1e-6);
+        check_plan(layer_norm_affine, (kn_tensor *[]){x, y, w, b}, 4, 1, 1, 1e-5);
+        check_plan(max_rows, &x, 1, 1, 1, 0);
+        check_plan(centered, &x, 1, 1, 1, 1e-5);
+    }
+}
+
 /* Special values through a row kernel agree with eager: a row holding inf
  * or NaN gives NaN rows, as kn_softmax does. */
 Test(jit, row_kernels_handle_special_values) {
@@ -666,6 +680,9 @@ Test(jit, row_kernel_is_vectorized_without_calls) {
     cr_assert(ir);
     cr_assert(strstr(ir, "<16 x float>") || strstr(ir, "<8 x float>"), "not vectorized:\n%s", ir);
     cr_assert(strstr(ir, "vector.reduce.fmaximum") || strstr(ir, "llvm.maximum.v"), "max not vectorized:\n%s", ir);
+    /* rows shorter than a vector run masked vector iterations, not scalar ones */
+    cr_assert(strstr(ir, "@llvm.masked.store.v16f32") && strstr(ir, "@llvm.masked.load.v16f32"),
+              "no tail-folded loop for short rows:\n%s", ir);
     for (const char *p = strstr(ir, "call "); p; p = strstr(p + 1, "call ")) {
         const char *at = strchr(p, '@'), *eol = strchr(p, '\n');
         cr_assert(at && (!eol || at < eol) && !strncmp(at, "@llvm.", 6), "a call survives: %.80s", p);
