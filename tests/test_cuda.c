@@ -59,10 +59,17 @@ static const kn_jit_phase ln_phases[] = {
 static const kn_jit_step mx_steps[] = {IN(0), OP1(abs, 0), ACC(0)};
 static const kn_jit_phase mx_phases[] = {{KN_PHASE_MAX, 1, -1}, {KN_PHASE_ROW_STORE, 2, 1}};
 
+/* relu's gradient: where(y > 0, g, 0), the boolean a float inside the kernel */
+static const kn_jit_step wh_steps[] = {
+    IN(0), C(0.0f), OP2(gt, 0, 1), IN(1), {.kind = KN_JIT_OP, .op = KN_OP_where, .a = 2, .b = 3, .c = 1},
+};
+static const kn_jit_phase wh_phases[] = {{KN_PHASE_STORE, 4, 2}};
+
 static kn_jit_desc pointwise_desc(void) { return DESC(false, 2, 2, pw_steps, pw_phases, 1, 0, 1, 1); }
 static kn_jit_desc softmax_desc(void) { return DESC(true, 1, 1, sm_steps, sm_phases, 1, 1); }
 static kn_jit_desc layer_norm_desc(void) { return DESC(true, 3, 3, ln_steps, ln_phases, 1, 1, 1, 1, 0, 0); }
 static kn_jit_desc row_max_desc(void) { return DESC(true, 1, 1, mx_steps, mx_phases, 1, 0); }
+static kn_jit_desc where_desc(void) { return DESC(false, 2, 1, wh_steps, wh_phases, 1, 1, 1); }
 
 /* The CUDA text of d, after checking that d is a valid description (the
  * CPU JIT compiles only those). Caller frees. */
@@ -187,6 +194,11 @@ Test(cuda, nvrtc_layer_norm) {
 Test(cuda, nvrtc_row_max) {
     kn_jit_desc d = row_max_desc();
     compile_cuda(&d, "kn_row_max");
+}
+
+Test(cuda, nvrtc_where) {
+    kn_jit_desc d = where_desc();
+    compile_cuda(&d, "kn_where");
 }
 
 /* ---- the printed text, without NVRTC ---- */
