@@ -623,6 +623,44 @@ Test(jit, short_rows_agree_with_eager) {
     }
 }
 
+/* A momentum update written in place: m = 0.9 m + 0.1 g, then
+ * p -= 0.01 m / (|g| + 1). The update's kernel also stores m (an extra
+ * output) unless something reads m's storage between its write and the
+ * update (peek: a view of m, which is never forwarded). */
+typedef struct { kn_tensor *m, *p, *g; bool peek; } momentum;
+static int momentum_step(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    momentum *s = ctx;
+    (void)in; /* an input may be a view of m: reading one between would stop the merge */
+    if (kn_mul_scalar_(s->m, 0.9) || kn_add_(s->m, kn_mul_scalar(s->g, 0.1))) return -1;
+    kn_tensor *seen = s->peek ? kn_sum(kn_reshape(s->m, KN_SHAPE(-1)), KN_ALL_DIMS, false) : NULL;
+    if (kn_sub_(s->p, kn_mul_scalar(kn_div(s->m, kn_add_scalar(kn_abs(s->g), 1.0)), 0.01))) return -1;
+    out[0] = seen ? seen : kn_sum(s->p, KN_ALL_DIMS, false);
+    return out[0] ? 0 : -1;
+}
+
+Test(jit, state_updates_are_extra_outputs_of_one_kernel) {
+    for (int peek = 0; peek < 2; peek++) {
+        kn_tensor *g = kn_randn(KN_SHAPE(33, 70), KN_F32);
+        momentum t = {kn_keep(kn_randn(KN_SHAPE(33, 70), KN_F32)), kn_keep(kn_randn(KN_SHAPE(33, 70), KN_F32)), g, peek};
+        momentum e = {kn_keep(kn_cast(t.m, KN_F32)), kn_keep(kn_cast(t.p, KN_F32)), g, peek};
+        kn_fn *f = kn_function("momentum", momentum_step, &t, 1, 1, NULL);
+        for (int call = 0; call < 3; call++) {
+            kn_tensor *got, *want;
+            kn_tensor *unused = kn_zeros(KN_SHAPE(1), KN_F32);
+            cr_assert_eq(kn_call(f, &unused, &got), 0, "%s", kn_last_error());
+            cr_assert_eq(momentum_step(&e, &unused, &want), 0);
+            assert_close(got, want, 1e-5, 1e-5); /* a sum: its own order */
+            assert_equal(t.m, e.m);
+            assert_equal(t.p, e.p);
+        }
+        char *text = dump_of(f, kn_fn_dump);
+        cr_assert_eq(strstr(text, "also stores") != NULL, !peek, "%s", text);
+        free(text);
+        kn_fn_free(f);
+        kn_release(t.m), kn_release(t.p), kn_release(e.m), kn_release(e.p);
+    }
+}
+
 /* Special values through a row kernel agree with eager: a row holding inf
  * or NaN gives NaN rows, as kn_softmax does. */
 Test(jit, row_kernels_handle_special_values) {

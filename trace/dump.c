@@ -43,6 +43,9 @@ static void dump_at(FILE *o, const kn_trace *tr, const int *outs, int nout, cons
             fputc(' ', o);
             put_type(o, &tr->vals[n->out]);
         }
+        int xv[4];
+        for (int e = 0, nx = n->kind == N_FUSED ? kn__fused_extras(n, xv) : 0; e < nx; e++)
+            fprintf(o, "%s%%%d", e ? ", " : ", also stores ", xv[e]);
         fputc('\n', o);
         for (int b = 0; n->kind == N_COND && b < 2; b++) {
             fprintf(o, "%*s%s:\n", indent + 2, "",

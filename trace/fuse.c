@@ -8,7 +8,8 @@
  *    (the reduction's input shape).
  * A node joins its consumer's group when that consumer is its only user, so
  * only a group's last node (its root) is seen outside and the group runs at
- * the root's place. Elementwise steps evaluate the formulas of
+ * the root's place. The one exception are extra outputs (below): a value
+ * whose other reader is a write into a capture is stored there too. Elementwise steps evaluate the formulas of
  * core/scalar.h: fused elementwise results are bitwise equal to eager. */
 #include "ir.h"
 #include "../jit/jit.h"
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #define MAX_VARIANTS 4
+#define MAX_EXTRA 4  /* extra outputs of a pointwise kernel */
 
 /* What the kernel needs at call time, next to the node's operand ids. */
 struct kn_fused {
@@ -26,6 +28,9 @@ struct kn_fused {
     int nin;
     int inplace;    /* a pointwise kernel may write over this operand (its last use), or -1 */
     kn_tensor *into; /* a capture the next node overwrites with the result: written directly (or NULL) */
+    int nextra;      /* extra outputs: value extra_val[e] is stored into capture extra_into[e] */
+    int extra_val[MAX_EXTRA];
+    kn_tensor *extra_into[MAX_EXTRA];
     uint8_t inner[KN_JIT_MAX_OPERANDS];
     /* The description, for variants compiled at call time when operands
      * come with other last-dim strides (a transposed input, say). A slot is
@@ -45,9 +50,9 @@ void kn__fused_free(struct kn_fused *f) {
 
 /* The kernel description of f for operands of these stride classes. */
 static kn_jit_desc desc_of(const struct kn_fused *f, const uint8_t *inner) {
-    kn_jit_desc d = {.rows = f->rows, .nin = f->nin, .nout = 1, .steps = f->steps, .nsteps = f->nsteps,
-                     .phases = f->phases, .nphases = f->nphases};
-    memcpy(d.inner, inner, (size_t)f->nin + 1);
+    kn_jit_desc d = {.rows = f->rows, .nin = f->nin, .nout = 1 + f->nextra, .steps = f->steps,
+                     .nsteps = f->nsteps, .phases = f->phases, .nphases = f->nphases};
+    memcpy(d.inner, inner, (size_t)f->nin + 1 + (size_t)f->nextra);
     return d;
 }
 
@@ -250,8 +255,10 @@ static int phase(lower *L, kn_phase_kind k, int s, int out) {
 }
 
 /* The step of value id: a member's, a constant, or a new input. The
- * output operand's index is not known yet: OUTPUT_MARK stands for it. */
+ * output operands' indices are not known yet: OUTPUT_MARK stands for the
+ * result's, EXTRA_MARK(e) for extra output e's. */
 #define OUTPUT_MARK (-2)
+#define EXTRA_MARK(e) (-3 - (e))
 static int value(lower *L, const kn_trace *tr, int id) {
     if (L->step_of[id] >= 0) return L->step_of[id];
     float c;
@@ -319,9 +326,17 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
 
 /* ---- planning ---- */
 
+/* A group's extra outputs: values stored into the captures that write
+ * nodes write them to; those writes move after the group's root. */
+typedef struct {
+    int n;
+    int val[MAX_EXTRA], write[MAX_EXTRA], from[MAX_EXTRA]; /* from: the root of the group that computed it */
+} extras;
+
 /* One group to fuse: its root node, members, inputs and its kernel (f). */
 typedef struct {
     int root, members;
+    extras x;
     int *inputs;        /* value ids of the kernel's inputs */
     struct kn_fused *f;
 } fuse_group;
@@ -346,14 +361,77 @@ void kn__fuse_job_free(kn_fuse_job *j) {
     free(j);
 }
 
+/* All of group r's nodes are elementwise (a pointwise kernel). */
+static bool pointwise_group(const int *group, const nclass *cls, int r) {
+    for (int k = 0; k <= r; k++)
+        if (group[k] == r && cls[k] != C_EW) return false;
+    return true;
+}
+
+/* The write node in (h, r) that stores value id, computed by node h, into a
+ * capture of its shape and dtype; -1 if none. */
+static int write_of(const kn_trace *tr, int id, int h, int r) {
+    for (int w = h + 1; w < r; w++) {
+        const tnode *n = &tr->nodes[w];
+        if (n->kind != N_WRITE || n->nin != 2 || n->in[1] != id || n->in[0] < 0) continue;
+        const tvalue *x = &tr->vals[n->in[0]];
+        return x->kind == V_CAPTURE && x->dtype == KN_F32 && same_shape(x, &tr->vals[id]) ? w : -1;
+    }
+    return -1;
+}
+
+/* Extra outputs. Adam writes m2 = b1*m + (1-b1)*g into m, v2 into v, then
+ * p2 = p - step*m2/(sqrt(v2)+eps) into p: three kernels that read g twice
+ * and m2, v2 back. A pointwise group absorbs a pointwise group of its
+ * domain whose result it reads when that result's only other reader is a
+ * write into a capture that may move after the group's root: the kernel
+ * stores the result into the capture in a phase of its own, later phases
+ * read it back from there, and the write finds its data in place. Nothing
+ * else in the merged group may read that capture (its old value would be
+ * gone); otherwise the merge is undone. */
+static void merge_extras(const kn_trace *tr, int *group, const nclass *cls, const int *uses, int r, extras *xs,
+                         int *orig) {
+    extras *x = &xs[r];
+    if (group[r] != r || !pointwise_group(group, cls, r)) return;
+    const tvalue *dom = &tr->vals[tr->nodes[r].out];
+    memcpy(orig, group, (size_t)(r + 1) * sizeof *orig);
+    for (int k = 0; k < r; k++) {
+        const tnode *q = &tr->nodes[k];
+        for (int a = 0; group[k] == r && a < q->nin && x->n < MAX_EXTRA; a++) {
+            int id = q->in[a];
+            if (id < 0 || tr->vals[id].kind != V_NODE || uses[id] != 2) continue;
+            int h = tr->vals[id].index, w;
+            if (group[h] != h || xs[h].n || !pointwise_group(group, cls, h) || !same_shape(&tr->vals[id], dom) ||
+                (w = write_of(tr, id, h, r)) < 0 || !kn__write_can_defer(tr, w, r))
+                continue;
+            for (int m = 0; m <= h; m++)
+                if (group[m] == h) group[m] = r;
+            x->val[x->n] = id;
+            x->write[x->n] = w;
+            x->from[x->n++] = h;
+        }
+    }
+    for (int e = 0; e < x->n; e++)
+        for (int k = 0; k <= r; k++) {
+            const tnode *q = &tr->nodes[k];
+            bool reads = false;
+            for (int a = 0; a < q->nin; a++) reads |= q->in[a] == tr->nodes[x->write[e]].in[0];
+            if (group[k] == r && reads && orig[k] != x->from[e]) {
+                memcpy(group, orig, (size_t)(r + 1) * sizeof *orig);
+                x->n = 0;
+                return;
+            }
+        }
+}
+
 static int find(int *parent, int i) {
     while (parent[i] != i) i = parent[i] = parent[parent[i]];
     return i;
 }
 
 /* Lowers the group rooted at node root into g; false if it does not fit. */
-static bool plan_group(const kn_trace *tr, const int *group, int root, const nclass *cls, fuse_group *g,
-                       lower *L) {
+static bool plan_group(const kn_trace *tr, const int *group, int root, const nclass *cls, const extras *x,
+                       fuse_group *g, lower *L) {
     L->ns = L->np = L->nin = 0;
     L->failed = false;
     /* a softmax keeps its exponentials in an element-wise result only */
@@ -364,6 +442,12 @@ static bool plan_group(const kn_trace *tr, const int *group, int root, const ncl
         if (group[k] == root) {
             rows |= cls[k] == C_ROW;
             lower_node(L, tr, &tr->nodes[k]);
+            /* an extra output is stored by its own phase; later phases read it back */
+            for (int e = 0; e < x->n; e++)
+                if (tr->nodes[k].out == x->val[e]) {
+                    phase(L, KN_PHASE_STORE, L->step_of[x->val[e]], EXTRA_MARK(e));
+                    L->step_of[x->val[e]] = step(L, (kn_jit_step){.kind = KN_JIT_INPUT, .arg = EXTRA_MARK(e)});
+                }
         }
     const tnode *rn = &tr->nodes[root];
     if (tr->vals[rn->out].dtype != KN_F32) return false;  /* a comparison whose reader did not fuse */
@@ -372,9 +456,9 @@ static bool plan_group(const kn_trace *tr, const int *group, int root, const ncl
     phase(L, row_out ? KN_PHASE_ROW_STORE : KN_PHASE_STORE, out_step, OUTPUT_MARK);
     if (L->failed) return false;
     for (int i = 0; i < L->ns; i++)
-        if (L->s[i].kind == KN_JIT_INPUT && L->s[i].arg == OUTPUT_MARK) L->s[i].arg = L->nin;
+        if (L->s[i].kind == KN_JIT_INPUT && L->s[i].arg <= OUTPUT_MARK) L->s[i].arg = L->nin - 2 - L->s[i].arg;
     for (int p = 0; p < L->np; p++)
-        if (L->ph[p].out == OUTPUT_MARK) L->ph[p].out = L->nin;
+        if (L->ph[p].out <= OUTPUT_MARK) L->ph[p].out = L->nin - 2 - L->ph[p].out;
 
     /* inner stride classes from the trace-time shapes */
     const tvalue *dom = domain(tr, rn, cls[root]);
@@ -386,12 +470,16 @@ static bool plan_group(const kn_trace *tr, const int *group, int root, const ncl
         shapes[k] = tr->vals[L->inputs[k]].shape;
         ranks[k] = tr->vals[L->inputs[k]].ndim;
     }
-    shapes[L->nin] = tr->vals[rn->out].shape;
-    ranks[L->nin] = tr->vals[rn->out].ndim;
+    if (L->nin + 1 + x->n > KN_JIT_MAX_OPERANDS) return false;
+    for (int e = -1; e < x->n; e++) {
+        shapes[L->nin + 1 + e] = tr->vals[e < 0 ? rn->out : x->val[e]].shape;
+        ranks[L->nin + 1 + e] = tr->vals[e < 0 ? rn->out : x->val[e]].ndim;
+    }
     int64_t lay[1 + KN_MAX_DIMS * (KN_JIT_MAX_OPERANDS + 1)];
     if (!(g->f = calloc(1, sizeof *g->f))) return false;
-    *g->f = (struct kn_fused){.rows = rows, .row_out = row_out, .nd = dom->ndim, .nin = L->nin};
-    layout(dom->shape, dom->ndim, L->nin + 1, shapes, ranks, NULL, rows, row_out, lay, g->f->inner);
+    *g->f = (struct kn_fused){.rows = rows, .row_out = row_out, .nd = dom->ndim, .nin = L->nin, .nextra = x->n};
+    for (int e = 0; e < x->n; e++) g->f->extra_val[e] = x->val[e];
+    layout(dom->shape, dom->ndim, L->nin + 1 + x->n, shapes, ranks, NULL, rows, row_out, lay, g->f->inner);
 
     struct kn_fused *f = g->f;
     f->steps = malloc((size_t)L->ns * sizeof *f->steps);
@@ -413,6 +501,7 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
     kn_fuse_job *j = calloc(1, sizeof *j);
     int *uses = calloc((size_t)tr->nvals + 1, sizeof *uses), *parent = malloc(((size_t)n + 1) * sizeof *parent);
     int *user = calloc((size_t)tr->nvals + 1, sizeof *user);
+    extras *xs = calloc((size_t)n + 1, sizeof *xs);
     nclass *cls = malloc(((size_t)n + 1) * sizeof *cls);
     lower L = {.s = malloc(KN_JIT_MAX_STEPS * sizeof *L.s),
                .inputs = malloc(KN_JIT_MAX_OPERANDS * sizeof *L.inputs),
@@ -424,7 +513,7 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
         j->name = strdup(tr->name);
         j->nnodes = n;
     }
-    if (!j || !j->group || !j->g || !j->name || !uses || !user || !parent || !cls || !L.s || !L.inputs || !L.step_of ||
+    if (!j || !j->group || !j->g || !j->name || !uses || !user || !xs || !parent || !cls || !L.s || !L.inputs || !L.step_of ||
         !L.row_value) {
         kn__fuse_job_free(j);
         j = NULL;
@@ -455,6 +544,7 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
         }
     }
     for (int i = 0; i < n; i++) j->group[i] = cls[i] != C_NONE ? find(parent, i) : -1;
+    for (int r = 0; r < n; r++) merge_extras(tr, j->group, cls, uses, r, xs, parent);  /* parent: scratch now */
     for (int i = 0; i < n; i++) {
         /* The group's last member is its root: the value the rest feeds. */
         if (j->group[i] != i) continue;
@@ -467,7 +557,7 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
         /* a lone elementwise op or reduction gains nothing over its eager loop */
         if (members < 2 && !rowops) continue;
         fuse_group *g = &j->g[j->ngroups];
-        if (!plan_group(tr, j->group, i, cls, g, &L)) {
+        if (!plan_group(tr, j->group, i, cls, &xs[i], g, &L)) {
             free(g->inputs);
             kn__fused_free(g->f);
             *g = (fuse_group){0};
@@ -477,11 +567,13 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
         }
         g->root = i;
         g->members = members;
+        g->x = xs[i];
         j->ngroups++;
     }
 done:
     free(uses);
     free(user);
+    free(xs);
     free(parent);
     free(cls);
     free(L.s);
@@ -528,6 +620,26 @@ static kn_tensor *write_target(const kn_trace *tr, const int *last_use, int k) {
     return x->t;
 }
 
+/* Write node w with after[w] = r >= 0 moves right after node r, or after
+ * r's own write when that follows r (it stays next to r for `into`). */
+static void move_writes(kn_trace *tr, bool *dead, const int *after, tnode *nodes, bool *d) {
+    int n = tr->nnodes, m = 0;
+    for (int k = 0; k < n; k++) {
+        if (after[k] >= 0) continue;
+        nodes[m] = tr->nodes[k], d[m++] = dead[k];
+        bool own = k + 1 < n && after[k + 1] < 0 && tr->nodes[k + 1].kind == N_WRITE &&
+                   tr->nodes[k + 1].nin == 2 && tr->nodes[k + 1].in[1] == tr->nodes[k].out;
+        bool moves = false;
+        for (int w = 0; w < n; w++) moves |= after[w] == k;
+        if (!moves) continue;
+        if (own) nodes[m] = tr->nodes[++k], d[m++] = dead[k];
+        for (int w = 0; w < n; w++)
+            if (after[w] == k - own) nodes[m] = tr->nodes[w], d[m++] = dead[w];
+    }
+    memcpy(tr->nodes, nodes, (size_t)n * sizeof *nodes);
+    memcpy(dead, d, (size_t)n * sizeof *d);
+}
+
 void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
     kn_trace *tr = pl->tr;
     bool *dead = calloc((size_t)tr->nnodes + 1, sizeof *dead);
@@ -535,10 +647,25 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
         free(dead);
         return;
     }
+    int n = tr->nnodes, *after = malloc(((size_t)n + 1) * sizeof *after);
+    tnode *order = malloc(((size_t)n + 1) * sizeof *order);
+    bool *dorder = malloc(((size_t)n + 1) * sizeof *dorder);
+    if (!after || !order || !dorder) {
+        free(dead);
+        free(after);
+        free(order);
+        free(dorder);
+        return;
+    }
+    for (int k = 0; k < n; k++) after[k] = -1;
     for (int i = 0; i < j->ngroups; i++) {
         fuse_group *g = &j->g[i];
         if (!g->f->k) continue;
         tnode *root = &tr->nodes[g->root];
+        for (int e = 0; e < g->x.n; e++) {
+            after[g->x.write[e]] = g->root;
+            g->f->extra_into[e] = tr->vals[tr->nodes[g->x.write[e]].in[0]].t;
+        }
         for (int k = 0; k < tr->nnodes; k++)
             if (j->group[k] == g->root && k != g->root) dead[k] = true;
         free(root->in);
@@ -550,8 +677,15 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout) {
         g->f = NULL;
         root->nfused = g->members;
     }
+    move_writes(tr, dead, after, order, dorder);
+    free(after);
+    free(order);
+    free(dorder);
     kn__plan_compact(pl, dead, outs, nout);  /* drops the fused members */
     free(dead);
+    for (int k = 0; k < tr->nnodes; k++)  /* extra outputs are made by their kernel now */
+        for (int e = 0; tr->nodes[k].kind == N_FUSED && e < tr->nodes[k].fused->nextra; e++)
+            tr->vals[tr->nodes[k].fused->extra_val[e]].index = k;
     /* A pointwise kernel reads each element before it writes it: it can write
      * over a node value of its own shape that dies here (checked again per
      * call: nothing else may hold the buffer), or straight into the capture
@@ -610,9 +744,29 @@ static kn_jit_kernel kernel_for(struct kn_fused *f, const uint8_t *inner, int no
     return k;
 }
 
-kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args) {
+int kn__fused_extras(const tnode *n, int *vals) {
+    for (int e = 0; e < n->fused->nextra; e++) vals[e] = n->fused->extra_val[e];
+    return n->fused->nextra;
+}
+
+/* Extra output e's tensor: its capture when that is a contiguous f32 of the
+ * domain's shape that no other operand overlaps, else a new buffer (the
+ * moved write then copies it). */
+static kn_tensor *extra_out(const struct kn_fused *f, int e, const tnode *n, const tvalue *now, kn_tensor **args,
+                            kn_tensor *const *taken, int ntaken) {
+    kn_tensor *t = f->extra_into[e];
+    bool fits = kn_is_contiguous(t) && t->dtype == KN_F32 && t->ndim == now->ndim &&
+                !memcmp(t->shape, now->shape, (size_t)t->ndim * sizeof *t->shape);
+    for (int j = 0; fits && j < n->nin; j++) fits = args[j]->storage != t->storage || kn__same_view(args[j], t);
+    for (int k = 0; fits && k < ntaken; k++) fits = taken[k]->storage != t->storage;
+    return fits ? kn__ret(t) : kn__alloc(now->shape, now->ndim, KN_F32);
+}
+
+kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args, kn_tensor **extra) {
     struct kn_fused *f = n->fused;
-    int nops = n->nin + 1;
+    int nops = n->nin + 1 + f->nextra;
+    kn_tensor *outs[1 + MAX_EXTRA] = {0};
+    bool ok = false;
     void *ptrs[KN_JIT_MAX_OPERANDS + 1];
     kn_tensor *conv[KN_JIT_MAX_OPERANDS] = {0}, *r = NULL;
     const int64_t *shapes[KN_JIT_MAX_OPERANDS], *strides[KN_JIT_MAX_OPERANDS];
@@ -658,33 +812,37 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
         r = kn__ret(x);  /* written in place: the buffer dies here and nothing else holds it */
     else if (!(r = kn__alloc(now->shape, now->ndim, KN_F32)))
         goto done;
+    outs[0] = r;
+    for (int e = 0; e < f->nextra; e++)
+        if (!(outs[1 + e] = extra_out(f, e, n, now, args, outs, 1 + e))) goto done;
     /* a row kernel runs for every row, even empty ones (a sum of nothing is 0) */
     int64_t count = f->rows ? kn__numel(dom, nd - 1) : kn__numel(dom, nd);
     if (count > 0 && kn__numel(r->shape, r->ndim) > 0) {
-        ptrs[n->nin] = kn__ptr(r);
-        shapes[n->nin] = r->shape;
-        strides[n->nin] = NULL;  /* contiguous; a row result may lack the last dim */
-        ranks[n->nin] = r->ndim;
+        for (int e = 0; e <= f->nextra; e++) {
+            ptrs[n->nin + e] = kn__ptr(outs[e]);
+            shapes[n->nin + e] = outs[e]->shape;
+            strides[n->nin + e] = NULL;  /* contiguous; a row result may lack the last dim */
+            ranks[n->nin + e] = outs[e]->ndim;
+        }
         int64_t lay[1 + KN_MAX_DIMS * (KN_JIT_MAX_OPERANDS + 1)];
         uint8_t inner[KN_JIT_MAX_OPERANDS];
         layout(dom, nd, nops, shapes, ranks, strides, f->rows, f->row_out, lay, inner);
         kn_jit_kernel k = kernel_for(f, inner, nops);
-        if (!k) {
-            kn__drop(r);
-            r = NULL;
-            goto done;
-        }
+        if (!k) goto done;
         ptrs[nops] = lay;
         int64_t len = lay[lay[0]], per = f->rows && len > 0 ? len : 1;
         run_ctx c = {k, ptrs, false};
         kn__parallel_for(count, (1 << 14) / per > 0 ? (1 << 14) / per : 1, run_range, &c);
         if (c.failed) {
             kn__error("kn_call %s: a fused kernel failed", name);
-            kn__drop(r);
-            r = NULL;
+            goto done;
         }
     }
+    ok = true;
 done:
     for (int j = 0; j < n->nin; j++) kn__drop(conv[j]);
-    return r;
+    for (int e = 0; e <= f->nextra; e++)
+        if (!ok) kn__drop(outs[e]);
+        else if (e > 0) extra[e - 1] = outs[e];
+    return ok ? r : NULL;
 }

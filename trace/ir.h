@@ -114,6 +114,10 @@ void kn__plan_compact(plan *pl, const bool *dead, const int *outs, int nout);
  * compilation: prepare (the chains), compile (slow: any thread), apply
  * (rewrites the plan; under the function's lock). */
 void kn__plan_fuse(plan *pl, const int *outs, int nout);
+/* Write node w may run right after node `to` instead (w < to): no node in
+ * between reads or writes anything that may share its target's storage, and
+ * none is a kn_cond. The target is a capture. */
+bool kn__write_can_defer(const kn_trace *tr, int w, int to);
 typedef struct kn_fuse_job kn_fuse_job;
 kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout);
 void kn__fuse_compile(kn_fuse_job *j);
@@ -123,7 +127,10 @@ void kn__fuse_job_free(kn_fuse_job *j);
 void kn__fused_free(struct kn_fused *f);
 /* a and b are the same elements of the same storage. */
 bool kn__same_view(const kn_tensor *a, const kn_tensor *b);
-kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args);
+/* Runs fused node n; its extra outputs (values kn__fused_extras names) go to
+ * extra[], which needs room for 4. */
+kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args, kn_tensor **extra);
+int kn__fused_extras(const tnode *n, int *vals);
 /* Runs one recorded op on actual tensors. */
 kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **args);
 /* kn__run_plan's result when a value's shape broke the symbolic sizes

@@ -282,6 +282,25 @@ static void drop_dead_writes(const kn_trace *tr, int *root, bool *dead) {
     }
 }
 
+bool kn__write_can_defer(const kn_trace *tr, int w, int to) {
+    const tnode *wn = &tr->nodes[w];
+    if (wn->kind != N_WRITE || wn->in[0] < 0 || tr->vals[wn->in[0]].kind != V_CAPTURE || to <= w ||
+        to >= tr->nnodes || !writes_external(tr))
+        return false;
+    int *root = malloc(((size_t)tr->nvals + 1) * sizeof *root);
+    if (!root) return false;
+    root_of_leaves(tr, root);
+    for (int i = 0; i < tr->nnodes; i++) root_of_results(&tr->nodes[i], root);
+    bool ok = true;
+    for (int k = w + 1; k <= to && ok; k++) {
+        const tnode *n = &tr->nodes[k];
+        ok = n->kind != N_COND;
+        for (int j = 0; j < n->nin && ok; j++) ok = !may_alias(tr, root, n->in[j], wn->in[0]);
+    }
+    free(root);
+    return ok;
+}
+
 static void optimize(kn_trace *tr, int *outs, int nout, bool *dead) {
     int *rep = malloc(((size_t)tr->nvals + 1) * sizeof *rep);
     int *seen = malloc(((size_t)tr->nnodes + 1) * sizeof *seen);  /* CSE candidates */
@@ -362,9 +381,9 @@ void kn__plan_compact(plan *pl, const bool *dead, const int *outs, int nout) {
  * the bias and a relu post-op, so the linear's result is never stored and
  * re-read (4-15% faster than sgemm then relu at [64..256,784]x[128,784]).
  * The op records no autograd, so it replaces only nodes that need none at
- * call time (the rule fusion uses): inference plans, in practice, since a
- * training step's backward reads the linear's result too. KN_EPILOGUE=0
- * turns it off. */
+ * call time (the rule fusion uses): inference plans, and training steps,
+ * whose relu gradient reads the relu's result, not the linear's.
+ * KN_EPILOGUE=0 turns it off. */
 static bool epilogues_on(void) {
     static int off = -1;
     if (off < 0) {

@@ -124,7 +124,15 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
         case N_FUSED: {
             tvalue now = tr->vals[n->out];
             shape_now(&now, in, now.shape);
-            kn_tensor *r = v[n->out] = n->kind == N_FUSED ? kn__fused_run(name, n, &now, args) : kn__op_call(n, &now, args);
+            kn_tensor *extra[4];
+            int xv[4], nx = n->kind == N_FUSED ? kn__fused_extras(n, xv) : 0;
+            kn_tensor *r = v[n->out] = n->kind == N_FUSED ? kn__fused_run(name, n, &now, args, extra)
+                                                           : kn__op_call(n, &now, args);
+            for (int e = 0; r && e < nx; e++) {  /* stored into the captures their (later) writes target */
+                v[xv[e]] = extra[e];
+                if (all) all[xv[e]] = kn_retain(extra[e]);
+                live += bytes_of(extra[e]);
+            }
             if (r && (r->ndim != now.ndim || memcmp(r->shape, now.shape, (size_t)now.ndim * sizeof(int64_t)))) {
                 char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
                 kn__error("kn_call %s: node %%%d = %s gave %s where the plan expected %s%s", name, n->out,
