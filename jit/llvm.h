@@ -1,7 +1,7 @@
 /* jit/llvm.h - Kiln's process-wide LLVM ORC JIT (internal).
  *
- * A code generator asks for a unit (its own LLVM context and a module that
- * already holds the scalar formulas of core/scalar.h as internal,
+ * A code generator asks for a unit (a module, in a context all units share,
+ * that already holds the scalar formulas of core/scalar.h as internal,
  * always-inline functions kn_jit_<op>_<f32|f64>), builds one function into
  * it with the LLVM-C builder, and hands the unit to kn__jit_compile, which
  * optimizes it for the host CPU (O3, loop and SLP vectorizers, no FP
@@ -13,12 +13,12 @@
 #include "llvm_compat.h"
 
 typedef struct {
-    LLVMOrcThreadSafeContextRef tsc;
-    LLVMContextRef ctx; /* owned by tsc */
+    LLVMContextRef ctx; /* shared by all units */
     LLVMModuleRef mod;
 } kn_jit_unit;
 
-/* Starts a unit. Returns false with a Kiln error. Thread-safe. */
+/* Starts a unit; one exists at a time (a second call waits until the first
+ * unit is compiled or disposed). Returns false with a Kiln error. */
 bool kn__jit_unit_new(kn_jit_unit *u);
 /* Frees a unit that will not be compiled (a generator gave up). */
 void kn__jit_unit_dispose(kn_jit_unit *u);
