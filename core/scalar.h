@@ -17,7 +17,7 @@
  * Accuracy of the f32 versions: max error over all 2^32 inputs, measured by
  * tests/scalar_accuracy_main.c against double libm, in ulps of the float
  * result (relative everywhere, no absolute tolerance):
- *   exp 0.78, log 0.84, tanh 1.06, erf 1.08, sigmoid 1.48,
+ *   exp 0.89, log 0.84, tanh 1.00, erf 1.08, sigmoid 1.48,
  *   gelu 2.84, gelu_tanh 2.31 (also in the negative tails, where
  *   1 + erf / 1 + tanh would cancel),
  *   sin 1.67, cos 1.81 for |x| <= 1e6 (see kn__trig_reduce_f32),
@@ -88,11 +88,14 @@ KN_SCALAR_INLINE float kn__pow2i_f32(kn__i32 n) {
     return KN__U2F((kn__u32)(n + 127) << 23);
 }
 
-/* m * 2^n in two steps so a subnormal result is rounded only once.
- * Valid for n in [-200, 254] and m in [2^-20, 2^20]. */
+/* m * 2^n in two steps so a subnormal result is rounded only once:
+ * m * 2^floor(n/2) * 2^ceil(n/2).  With the bias folded in (b = n + 254),
+ * the biased exponents are b >> 1 and b - (b >> 1): no signed division,
+ * no separate +127.  Valid for n in [-200, 254] and m in [2^-20, 2^20]. */
 KN_SCALAR_INLINE float kn__ldexp_f32(float m, kn__i32 n) {
-    kn__i32 h = n / 2;
-    return (m * kn__pow2i_f32(h)) * kn__pow2i_f32(n - h);
+    kn__u32 b = (kn__u32)n + 254u;
+    kn__u32 h = b >> 1;
+    return (m * KN__U2F(h << 23)) * KN__U2F((b - h) << 23);
 }
 
 /* Two-sum: s + e == a + b exactly. */
@@ -147,10 +150,24 @@ KN_SCALAR_INLINE float kn__exp_core_f32(float hi, float lo, kn__i32 *n_out) {
 /* exp / log                                                                 */
 /* ------------------------------------------------------------------------ */
 
+/* Leaner than kn__exp_core_f32 (no lo input, no exact 1 + r pair): r is
+ * rounded once and exp(r) is a plain Horner sum ending in fma(p, r, 1). */
 KN_SCALAR_INLINE float kn_s_exp_f32(float x) {
-    kn__i32 n;
-    float m = kn__exp_core_f32(x, 0.0f, &n);
-    return kn__ldexp_f32(m, n);
+    const float shift = 0x1.8p23f;
+    x = x > 90.0f ? 90.0f : x;
+    x = x < -120.0f ? -120.0f : x; /* NaN passes both */
+    float t = fmaf(x, 0x1.715476p+0f, shift);
+    float nf = t - shift;
+    kn__i32 n = (kn__i32)(KN__F2U(t) - KN__F2U(shift));
+    float r = fmaf(nf, -0x1.62e430p-1f, x);
+    r = fmaf(nf, 0x1.05c610p-29f, r);
+    /* exp(r) = 1 + r + r^2 q(r), q as in kn__exp_core_f32 */
+    float p = fmaf(0x1.6a2434p-10f, r, 0x1.1239e2p-7f);
+    p = fmaf(p, r, 0x1.5558f2p-5f);
+    p = fmaf(p, r, 0x1.555492p-3f);
+    p = fmaf(p, r, 0x1.fffffcp-2f);
+    p = fmaf(p, r, 1.0f);
+    return kn__ldexp_f32(fmaf(p, r, 1.0f), n);
 }
 
 KN_SCALAR_INLINE double kn_s_exp_f64(double x) { return exp(x); }
@@ -192,23 +209,43 @@ KN_SCALAR_INLINE double kn_s_log_f64(double x) { return log(x); }
 /* tanh / sigmoid                                                            */
 /* ------------------------------------------------------------------------ */
 
-/* |x| < atanh(0.5): x + x^3 P(x^2); else 1 - 2/(exp(2|x|) + 1), whose
- * result >= 0.5 keeps the cancellation harmless.  Sign restored last so
- * tanh(-0) = -0. */
+/* tanh|x| = E/(E + 2), E = expm1(2|x|) = 2^n (1 + 2h) - 1, where
+ * h = (exp(2r) - 1)/2 = r + r^2 Q(r), r = |x| - n ln2/2, |r| <= ln2/4.
+ * One path for all |x| (no cancellation: E keeps relative accuracy).
+ * D = E + 2 is formed as one fma from 2^(n+1) h and 2^n + 1, with its
+ * rounding error (and h's) kept in dl; the numerator is D - 2 exactly, so
+ * the division needs no separate E.  |x| is clamped to 8.6 so D < 2^25
+ * keeps d - 2 exact; that gives tanh(8.6) = 1 - 2^-24 up to |x| = 9, where
+ * tanh rounds to 1.  Sign restored last so tanh(-0) = -0. */
 KN_SCALAR_INLINE float kn_s_tanh_f32(float x) {
-    float a = fabsf(x);
-    float z = a * a;
-    float p = fmaf(-0x1.9b8118p-8f, z, 0x1.594a72p-6f);
-    p = fmaf(p, z, -0x1.b92a00p-5f);
-    p = fmaf(p, z, 0x1.110d2ep-3f);
-    p = fmaf(p, z, -0x1.55554ap-2f);
-    float small = fmaf(a * z, p, a);
-    float ac = a > 10.0f ? 10.0f : a; /* tanh(10) rounds to 1 */
-    float e = kn_s_exp_f32(2.0f * ac);
-    float d = e + 1.0f; /* e >= 1: fast two-sum */
-    float big = 1.0f - kn__div_pair_f32(2.0f, d, (e - d) + 1.0f);
-    float r = a < 0x1.193ea8p-1f ? small : big;
-    return copysignf(r, x);
+    const float shift = 0x1.8p23f;
+    float ax = fabsf(x);
+    float a = ax > 8.6f ? 8.6f : ax; /* NaN passes */
+    float t = fmaf(a, 0x1.715476p+1f, shift);
+    float nf = t - shift;
+    float r = fmaf(nf, -0x1.62e430p-2f, a); /* exact */
+    r = fmaf(nf, 0x1.05c610p-30f, r);
+    /* Q minimax on [-ln2/4, ln2/4], relative to h: 2^-31 */
+    float q = fmaf(0x1.a2a2fep-7f, r, 0x1.6d833cp-5f);
+    q = fmaf(q, r, 0x1.11101ep-3f);
+    q = fmaf(q, r, 0x1.5554a0p-2f);
+    q = fmaf(q, r, 0x1.555556p-1f);
+    q = fmaf(q, r, 1.0f);
+    float r2 = r * r;
+    float h = fmaf(r2, q, r);
+    float hl = fmaf(r2, q, r - h); /* r - h exact (Sterbenz) */
+    /* 2^(n+1) from t's bits: shift's bits vanish in the << 23 */
+    float p2 = KN__U2F((KN__F2U(t) << 23) + 0x40000000u);
+    float pp1 = fmaf(p2, 0.5f, 1.0f);
+    float d = fmaf(p2, h, pp1);
+    float dl = fmaf(p2, hl, fmaf(p2, h, pp1 - d)); /* D = d + dl */
+    float inv = 1.0f / d;
+    float num = d - 2.0f; /* exact for d < 2^25 */
+    float q0 = num * inv;
+    float res = fmaf(-q0, d, num);
+    res = fmaf(1.0f - q0, dl, res); /* (D - 2) - q0 D */
+    float y = fmaf(res, inv, q0);
+    return copysignf(ax > 9.0f ? 1.0f : y, x);
 }
 
 KN_SCALAR_INLINE double kn_s_tanh_f64(double x) { return tanh(x); }
