@@ -76,12 +76,13 @@ static double ref_sigmoid(double x) {
     double e = exp(-fabs(x));
     return (x >= 0 ? 1.0 : e) / (1.0 + e);
 }
+/* gelu(-inf) is NaN, as in PyTorch (-inf * 0), which the special values check */
 static double ref_gelu(double x) {
-    if (x == -INFINITY) return -0.0;
+    if (x == -INFINITY) return NAN;
     return 0.5 * x * erfc(-x * 0.70710678118654752440);
 }
 static double ref_gelu_tanh(double x) {
-    if (isinf(x)) return x > 0 ? x : -0.0;
+    if (isinf(x)) return x > 0 ? x : NAN;
     double u2 = 2.0 * 0.79788456080286535588 * (x + 0.044715 * x * x * x);
     double e = exp(-fabs(u2));
     return (u2 >= 0 ? x : x * e) / (1.0 + e);
