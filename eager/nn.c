@@ -376,7 +376,7 @@ typedef struct {
                     for (int64_t l = 0; l < L; l++) y[l * in + c] = NAN;          \
         }                                                                         \
     }
-SOFTMAX_KERNELS(float, f32, kn_s_exp_f32, kn_s_log_f32)
+SOFTMAX_KERNELS(float, f32, kn_s_exp_nonpos_f32, kn_s_log_f32)  /* exps of x - max <= 0 */
 SOFTMAX_KERNELS(double, f64, kn_s_exp_f64, kn_s_log_f64)
 
 static kn_tensor *softmax_impl(const char *op, kn_tensor *x, int dim, bool log) {

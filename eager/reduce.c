@@ -30,7 +30,7 @@
  * Accuracy. Row f32 sums add into 16 f32 lanes within a block of ROW_BLK
  * elements (clang vectorizes them to <16 x float>); the lanes and the blocks
  * are added in double. Squared deviations and column sums accumulate in
- * double. logsumexp sums kn_s_exp_f32(x - max) like an f32 sum.
+ * double. logsumexp sums kn_s_exp_nonpos_f32(x - max) like an f32 sum.
  *
  * Dtypes (PyTorch's rules): sum of i32, i64 or bool gives i64; max and min
  * keep any dtype, bool included; mean and var need f32 or f64 and reject
@@ -104,7 +104,7 @@ ROW_ACC(rsum_f32, float, float, 16, v)
 ROW_ACC(rsum_f64, double, double, 8, v)
 ROW_ACC(rsqdev_f32, float, double, 8, SQ((double)v - p))
 ROW_ACC(rsqdev_f64, double, double, 8, SQ(v - p))
-ROW_ACC(rexpsum_f32, float, float, 16, kn_s_exp_f32(v - pf))
+ROW_ACC(rexpsum_f32, float, float, 16, kn_s_exp_nonpos_f32(v - pf))
 ROW_ACC(rexpsum_f64, double, double, 8, kn_s_exp_f64(v - p))
 
 /* Extreme over L lanes, NaN-propagating. */

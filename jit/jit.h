@@ -39,6 +39,7 @@ typedef struct {
     float value; /* CONST (compared by bits: -0 and NaN payloads count) */
     kn_op op;    /* OP: an elementwise op with a 1- to 3-argument f32 formula */
     int a, b, c; /* OP: operand steps, earlier than this one, as many as the op's arity */
+    bool nonpos; /* OP exp: the operand is <= 0 or NaN (x - max of a row): kn_s_exp_nonpos_f32 */
 } kn_jit_step;
 
 /* Operand k (< the op's arity) of an OP step. */

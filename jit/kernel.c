@@ -50,7 +50,7 @@ static uint32_t *normalize(const kn_jit_desc *d, size_t *nwords) {
         if (s->kind == KN_JIT_INPUT || s->kind == KN_JIT_ACC) x[1] = (uint32_t)s->arg;
         if (s->kind == KN_JIT_CONST) x[1] = float_bits(s->value);
         if (s->kind == KN_JIT_OP) {
-            x[1] = (uint32_t)s->op;
+            x[1] = (uint32_t)s->op | (s->nonpos ? 1u << 31 : 0);
             for (int j = 0; j < kn_op_table[s->op].arity; j++) x[2 + j] = (uint32_t)kn__jit_arg(s, j);
         }
     }
@@ -129,6 +129,8 @@ static bool check(const kn_jit_desc *d) {
         if (info->kind != KN_KIND_ELEMENTWISE || info->arity < 1 || info->arity > 3)
             return kn__error("jit: step %d: op %s is not an elementwise op of 1 to 3 arguments", i, info->name),
                    false;
+        if (s->nonpos && s->op != KN_OP_exp)
+            return kn__error("jit: step %d: only exp has a non-positive form, not %s", i, info->name), false;
         for (int j = 0; j < info->arity; j++)
             if (kn__jit_arg(s, j) < 0 || kn__jit_arg(s, j) >= i)
                 return kn__error("jit: step %d (%s) uses step %d, which is not an earlier step", i, info->name,
@@ -176,10 +178,10 @@ typedef struct {
     LLVMValueRef *stride; /* per operand: its stride in the last dim */
 } gen;
 
-static LLVMValueRef formula(gen *g, kn_op op) {
-    const kn_op_info *info = &kn_op_table[op];
+static LLVMValueRef formula(gen *g, const kn_jit_step *s) {
+    const kn_op_info *info = &kn_op_table[s->op];
     char name[64];
-    snprintf(name, sizeof name, "kn_jit_%s_f32", info->name);
+    snprintf(name, sizeof name, "kn_jit_%s%s_f32", info->name, s->nonpos ? "_nonpos" : "");
     LLVMValueRef f = LLVMGetNamedFunction(g->u->mod, name);
     if (!f || LLVMCountParams(f) != (unsigned)info->arity) return NULL;
     return f;
@@ -207,7 +209,7 @@ static LLVMValueRef expr(gen *g, int i) {
     case KN_JIT_ACC: r = g->acc[s->arg]; break;
     case KN_JIT_ROWLEN: r = LLVMBuildSIToFP(b, g->len, g->f32, ""); break;
     case KN_JIT_OP: {
-        LLVMValueRef f = formula(g, s->op);
+        LLVMValueRef f = formula(g, s);
         if (!f) return kn__error("jit: step %d: op %s has no f32 formula to compile", i, kn_op_table[s->op].name);
         int arity = kn_op_table[s->op].arity;
         LLVMValueRef args[3];

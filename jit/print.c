@@ -23,7 +23,7 @@ static void print_steps(FILE *o, const kn_jit_desc *d, int root, bool *done, con
     case KN_JIT_ACC: fprintf(o, "acc%d;\n", s->arg); break;
     case KN_JIT_ROWLEN: fprintf(o, "(float)len;\n"); break;
     case KN_JIT_OP:
-        fprintf(o, "kn_s_%s_f32(", kn_op_table[s->op].name);
+        fprintf(o, "kn_s_%s%s_f32(", kn_op_table[s->op].name, s->nonpos ? "_nonpos" : "");
         for (int j = 0; j < kn_op_table[s->op].arity; j++) fprintf(o, "%sv%d", j ? ", " : "", kn__jit_arg(s, j));
         fprintf(o, ");\n");
         break;

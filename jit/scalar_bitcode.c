@@ -25,6 +25,8 @@ BINARY(maximum) BINARY(minimum)
     float kn_jit_##name##_f32(float a, float b) { return kn_s_##name##_f32(a, b); }
 COMPARE(eq) COMPARE(ne) COMPARE(lt) COMPARE(le) COMPARE(gt) COMPARE(ge)
 float kn_jit_where_f32(float c, float a, float b) { return kn_s_where_f32(c, a, b); }
+/* exp of x - max(row) (kn_jit_step.nonpos) */
+float kn_jit_exp_nonpos_f32(float x) { return kn_s_exp_nonpos_f32(x); }
 
 /* Kernels call this once per row: the offset of each of nops operands at
  * row r, given the layout {nd, size[nd], strides of operand 0, ...} of

@@ -60,7 +60,7 @@ typedef struct { const char *x; const int64_t *t; double *loss; int64_t c; kn_dt
             c->loss[i] = (double)(m + LOG(s) - x[c->t[i]]);                       \
         }                                                                         \
     }
-CE_ROWS(ce_rows_f32, float, kn_s_exp_f32, kn_s_log_f32,
+CE_ROWS(ce_rows_f32, float, kn_s_exp_nonpos_f32, kn_s_log_f32,
         _Pragma("clang loop vectorize(enable) vectorize_predicate(enable)"))
 CE_ROWS(ce_rows_f64, double, kn_s_exp_f64, kn_s_log_f64, ) /* libm's exp: nothing to vectorize */
 

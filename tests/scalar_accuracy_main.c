@@ -454,6 +454,25 @@ static void check_pow(long n_random) {
            pow((double)wx, (double)wy), n, now_s() - t0, bad, ok ? "" : "  FAIL");
 }
 
+/* The row kernels' exp of x - max: kn_s_exp_f32 bit for bit on every
+ * non-positive x down to ln(FLT_MIN), +0 below it (where kn_s_exp_f32 is
+ * subnormal or 0), NaN for NaN. */
+static void check_exp_nonpos(uint64_t stride) {
+    uint64_t n = 0, bad = 0;
+    for (uint64_t u = 0x80000000u; u <= 0xffffffffu; u += stride, n++) {
+        float x = kn__u2f((uint32_t)u), a = kn_s_exp_nonpos_f32(x), b = kn_s_exp_f32(x);
+        int ok = x != x ? a != a
+                : x < -0x1.5d589ep+6f ? kn__f2u(a) == 0 && b < 0x1p-126f
+                : kn__f2u(a) == kn__f2u(b);
+        if (!ok && bad++ < 3) printf("exp_nonpos FAIL at x=%a: %a, exp gives %a\n", x, a, b);
+    }
+    float z = kn_s_exp_nonpos_f32(0.0f), mz = kn_s_exp_nonpos_f32(-0.0f);
+    if (z != 1.0f || mz != 1.0f) bad++, printf("exp_nonpos FAIL at 0: %a %a\n", z, mz);
+    printf("exp_nonpos equal to exp on %llu non-positive inputs: %llu mismatches\n", (unsigned long long)n,
+           (unsigned long long)bad);
+    if (bad) g_fail = 1;
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
     if (argc > 1 && !quick) {
@@ -470,6 +489,7 @@ int main(int argc, char **argv) {
     check_specials_f64();
     printf("special values: %d checked (f32 and f64)\n", n_special);
     for (size_t i = 0; i < N_UFNS; i++) check_unary(&UFNS[i], stride, nthreads);
+    check_exp_nonpos(stride);
     check_binary(quick ? 200000 : 20000000);
     check_pow(quick ? 1000000 : 100000000);
     printf("total %.1fs: %s\n", now_s() - t0, g_fail ? "FAILED" : "all within bounds");

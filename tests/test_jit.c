@@ -675,14 +675,18 @@ Test(jit, state_updates_are_extra_outputs_of_one_kernel) {
 /* Special values through a row kernel agree with eager: a row holding inf
  * or NaN gives NaN rows, as kn_softmax does. */
 Test(jit, row_kernels_handle_special_values) {
-    kn_tensor *x = kn_randn(KN_SHAPE(4, 40), KN_F32);
+    kn_tensor *x = kn_randn(KN_SHAPE(5, 40), KN_F32);
     float *p = kn_data(x);
     p[3] = INFINITY;
     p[40 + 7] = NAN;
     for (int i = 0; i < 40; i++) p[80 + i] = -INFINITY;
     p[120] = 3e38f;
     p[121] = 3e38f;
+    /* exps around the smallest normal float (x - max near -87.34) and below */
+    const float tiny[] = {-87.3365f, -87.3366f, -100.0f, -150.0f, -1e30f};
+    for (int i = 0; i < 40; i++) p[160 + i] = i < 5 ? tiny[i] : -0.01f * (float)i;
     check_plan(softmax_last, &x, 1, 1, 1, 1e-6);
+    check_plan(log_softmax_last, &x, 1, 1, 1, 1e-6);
     check_plan(max_rows, &x, 1, 1, 1, 0);
 }
 

@@ -246,6 +246,11 @@ static int op1(lower *L, kn_op op, int a) { return step(L, (kn_jit_step){.kind =
 static int op2(lower *L, kn_op op, int a, int b) {
     return step(L, (kn_jit_step){.kind = KN_JIT_OP, .op = op, .a = a, .b = b});
 }
+/* exp of x - max(row), which is <= 0 or NaN: the cheaper formula eager's
+ * row kernels use too */
+static int exp_nonpos(lower *L, int a) {
+    return step(L, (kn_jit_step){.kind = KN_JIT_OP, .op = KN_OP_exp, .a = a, .nonpos = true});
+}
 static int cst(lower *L, float v) { return step(L, (kn_jit_step){.kind = KN_JIT_CONST, .value = v}); }
 static int acc(lower *L, int p) { return step(L, (kn_jit_step){.kind = KN_JIT_ACC, .arg = p}); }
 static int phase(lower *L, kn_phase_kind k, int s, int out) {
@@ -285,7 +290,7 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
     switch (n->op) {
     case KN_OP_softmax: {
         int m = acc(L, phase(L, KN_PHASE_MAX, x, -1));
-        int e = op1(L, KN_OP_exp, op2(L, KN_OP_sub, x, m));
+        int e = exp_nonpos(L, op2(L, KN_OP_sub, x, m));
         /* keep the exponentials in the output and scale them in place: one exp per element */
         bool keep = !L->stored;
         L->stored = true;
@@ -297,7 +302,7 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
     case KN_OP_log_softmax: {
         int m = acc(L, phase(L, KN_PHASE_MAX, x, -1));
         int d = op2(L, KN_OP_sub, x, m);
-        int s = acc(L, phase(L, KN_PHASE_SUM, op1(L, KN_OP_exp, d), -1));
+        int s = acc(L, phase(L, KN_PHASE_SUM, exp_nonpos(L, d), -1));
         r = op2(L, KN_OP_sub, d, op1(L, KN_OP_log, s));
         break;
     }
