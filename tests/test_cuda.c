@@ -37,9 +37,11 @@ static const kn_jit_step pw_steps[] = {
 };
 static const kn_jit_phase pw_phases[] = {{KN_PHASE_STORE, 7, 2}, {KN_PHASE_STORE, 8, 3}};
 
-/* softmax as in jit/jit.h: the exponentials are stored, then scaled in place */
+/* softmax as in jit/jit.h: the exponentials (of x - max: exp's non-positive
+ * form) are stored, then scaled in place */
 static const kn_jit_step sm_steps[] = {
-    IN(0), ACC(0), OP2(sub, 0, 1), OP1(exp, 2), ACC(1), IN(1), C(1.0f), OP2(div, 6, 4), OP2(mul, 5, 7),
+    IN(0), ACC(0), OP2(sub, 0, 1), {.kind = KN_JIT_OP, .op = KN_OP_exp, .a = 2, .nonpos = true}, ACC(1), IN(1),
+    C(1.0f), OP2(div, 6, 4), OP2(mul, 5, 7),
 };
 static const kn_jit_phase sm_phases[] = {{KN_PHASE_MAX, 0, -1}, {KN_PHASE_SUM, 3, 1}, {KN_PHASE_STORE, 8, 1}};
 
@@ -248,7 +250,7 @@ Test(cuda, c_printer_softmax) {
     assert_has(text, "phase 1: sum");
     assert_has(text, "phase 2: store");
     assert_has(text, "acc1");
-    assert_has(text, "kn_s_exp_f32(");
+    assert_has(text, "kn_s_exp_nonpos_f32(");
     assert_has(text, "op1[c] = v8;");
     free(text);
 }
