@@ -240,11 +240,6 @@ static bool costly(const kn_jit_desc *d, int root) {
     return root < 0 ? any : c[root];
 }
 
-/* phase_p(op0..opN (noalias), c0, c1, len, acc0..accP, stride0..strideN)
- * -> float: the loop
- * over [c0, c1) of one phase; internal and always inlined into the kernel,
- * so the noalias facts survive as scopes and the loop needs no overlap
- * checks to vectorize. Returns the reduction (0 for a store phase). */
 /* Asks the loop vectorizer to fold the loop's remainder into masked vector
  * iterations instead of a scalar loop: a 10-class row is then one masked
  * iteration, not ten scalar exps, and a pointwise kernel with
@@ -261,7 +256,14 @@ static void fold_tail(LLVMContextRef c, LLVMValueRef latch_br) {
     LLVMSetMetadata(latch_br, LLVMGetMDKindIDInContext(c, "llvm.loop", 9), LLVMMetadataAsValue(c, id));
 }
 
-static LLVMValueRef build_phase(gen *g, int p, bool short_rows) {
+/* phase_p(op0..opN (noalias), c0, c1, len, acc0..accP, stride0..strideN)
+ * -> float: the loop over [c0, c1) of phases p..last (several only for the
+ * store phases of a pointwise kernel, which read earlier phases' outputs at
+ * the same element: one loop keeps the divider of Adam's update busy while
+ * the moments are computed); internal and always inlined into the kernel,
+ * so the noalias facts survive as scopes and the loop needs no overlap
+ * checks to vectorize. Returns the reduction (0 for a store phase). */
+static LLVMValueRef build_phase(gen *g, int p, int last, bool short_rows) {
     const kn_jit_desc *d = g->d;
     const kn_jit_phase *ph = &d->phases[p];
     LLVMContextRef c = g->u->ctx;
@@ -310,11 +312,13 @@ static LLVMValueRef build_phase(gen *g, int p, bool short_rows) {
     LLVMValueRef a = reduce ? LLVMBuildPhi(b, at, "acc") : NULL, next_a = NULL;
     g->c = i;
     clear_steps(g);
-    LLVMValueRef v = expr(g, ph->step);
-    if (!v) return NULL;
-    if (ph->out >= 0) {
-        LLVMValueRef q = LLVMBuildInBoundsGEP2(b, g->f32, ops[ph->out], &i, 1, "");
-        LLVMSetAlignment(LLVMBuildStore(b, v, q), 4);
+    LLVMValueRef v = NULL;
+    for (int q = p; q <= last; q++) {
+        if (!(v = expr(g, d->phases[q].step))) return NULL;
+        if (d->phases[q].out >= 0) {
+            LLVMValueRef at = LLVMBuildInBoundsGEP2(b, g->f32, ops[d->phases[q].out], &i, 1, "");
+            LLVMSetAlignment(LLVMBuildStore(b, v, at), 4);
+        }
     }
     if (ph->kind == KN_PHASE_SUM) {
         next_a = LLVMBuildFAdd(b, a, at == g->f32 ? v : LLVMBuildFPExt(b, v, at, ""), "");
@@ -375,9 +379,10 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
         kn__error("jit: out of memory");
         goto out;
     }
-    for (int p = 0; p < np; p++)
+    for (int p = 0; p < (d->rows ? np : 1); p++)
         if (d->phases[p].kind != KN_PHASE_ROW_STORE &&
-            (!(phase_fn[p] = build_phase(&g, p, false)) || (d->rows && !(short_fn[p] = build_phase(&g, p, true)))))
+            (!(phase_fn[p] = build_phase(&g, p, d->rows ? p : np - 1, false)) ||
+             (d->rows && !(short_fn[p] = build_phase(&g, p, p, true)))))
             goto out;
     LLVMValueRef offsets = LLVMGetNamedFunction(u->mod, "kn_jit_offsets");
     if (!offsets) {
@@ -518,9 +523,10 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
         call[nops + 2] = len;
         for (int k = 0; k < np; k++) call[nops + 3 + k] = accs[k];
         for (int k = 0; k < nops; k++) call[nops + 3 + np + k] = strides[k];
-        if (!d->rows) {
-            accs[p] = LLVMBuildCall2(b, LLVMGlobalGetValueType(phase_fn[p]), phase_fn[p], call,
-                                     (unsigned)(2 * nops + 3 + np), "");
+        if (!d->rows) {  /* phase 0's loop runs them all */
+            if (p == 0)
+                accs[p] = LLVMBuildCall2(b, LLVMGlobalGetValueType(phase_fn[p]), phase_fn[p], call,
+                                         (unsigned)(2 * nops + 3 + np), "");
             continue;
         }
         /* Rows shorter than a vector take the tail-folded loop; longer rows
