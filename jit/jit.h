@@ -76,6 +76,11 @@ typedef struct {
  * [begin, end) and returns 0. Outputs must not overlap inputs. */
 typedef int32_t (*kn_jit_kernel)(void **args, int64_t begin, int64_t end);
 
+/* Kernels of domains of three or more dims call this (as kn_jit_offsets,
+ * a host function the JIT links to) once per row: the offset of each of
+ * nops operands at row r (rows of the dims before the last, row-major). */
+void kn__jit_offsets(const int64_t *lay, int32_t nops, int64_t r, int64_t *off);
+
 /* The kernel of a description, compiled on first request and cached for
  * the process and on disk (equal descriptions share code). NULL with a
  * Kiln error for an invalid description or an LLVM failure. Thread-safe. */

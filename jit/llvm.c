@@ -97,6 +97,18 @@ static void init(void) {
         return;
     }
     host_layout = LLVMOrcLLJITGetDataLayoutStr(jit);
+    /* Kernels (and objects from the disk cache) call the host's row offset
+     * helper by name; this process's address is defined here. */
+    LLVMOrcCSymbolMapPair off = {
+        LLVMOrcLLJITMangleAndIntern(jit, "kn_jit_offsets"),
+        {(LLVMOrcExecutorAddress)(uintptr_t)&kn__jit_offsets,
+         {LLVMJITSymbolGenericFlagsExported | LLVMJITSymbolGenericFlagsCallable, 0}}};
+    if ((e = LLVMOrcJITDylibDefine(LLVMOrcLLJITGetMainJITDylib(jit), LLVMOrcAbsoluteSymbols(&off, 1)))) {
+        error_text(e, init_error, sizeof init_error);
+        LLVMOrcDisposeLLJIT(jit);
+        jit = NULL;
+        return;
+    }
     disk_init();
 }
 
@@ -148,18 +160,13 @@ static bool load_formulas(void) {
     LLVMSetSourceFileName(m, "kn_jit", 6);
     LLVMSetTarget(m, host_triple);
     LLVMSetDataLayout(m, host_layout);
-    /* Private to the module and inlined into the kernels; O3 drops them after.
-     * The row offset helper stays a call: kernels call it only for domains
-     * of three or more dims, and inlined (unrolled per operand) it took
-     * 4 ms of a compile. */
+    /* Private to the module and inlined into the kernels; O3 drops them after. */
     for (LLVMValueRef f = LLVMGetFirstFunction(m); f; f = LLVMGetNextFunction(f)) {
         if (LLVMIsDeclaration(f)) continue;
-        size_t len;
-        bool offsets = !strcmp(LLVMGetValueName2(f, &len), "kn_jit_offsets");
         LLVMSetLinkage(f, LLVMInternalLinkage);
-        set_fn_attr(c, f, "noinline", offsets);
+        set_fn_attr(c, f, "noinline", false);
         set_fn_attr(c, f, "optnone", false);
-        set_fn_attr(c, f, "alwaysinline", !offsets);
+        set_fn_attr(c, f, "alwaysinline", true);
     }
     return true;
 }

@@ -28,15 +28,3 @@ float kn_jit_where_f32(float c, float a, float b) { return kn_s_where_f32(c, a, 
 /* exp of x - max(row) (kn_jit_step.nonpos) */
 float kn_jit_exp_nonpos_f32(float x) { return kn_s_exp_nonpos_f32(x); }
 
-/* Kernels call this once per row: the offset of each of nops operands at
- * row r, given the layout {nd, size[nd], strides of operand 0, ...} of
- * jit/jit.h (r counts rows of the dims before the last, row-major). */
-void kn_jit_offsets(const long long *lay, int nops, long long r, long long *off) {
-    long long nd = lay[0];
-    for (int k = 0; k < nops; k++) off[k] = 0;
-    for (long long d = nd - 2; d >= 0; d--) {
-        long long size = lay[1 + d], i = r % size;
-        r /= size;
-        for (int k = 0; k < nops; k++) off[k] += i * lay[1 + nd + k * nd + d];
-    }
-}
