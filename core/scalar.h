@@ -150,24 +150,28 @@ KN_SCALAR_INLINE float kn__exp_core_f32(float hi, float lo, kn__i32 *n_out) {
 /* exp / log                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* Leaner than kn__exp_core_f32 (no lo input, no exact 1 + r pair): r is
- * rounded once and exp(r) is a plain Horner sum ending in fma(p, r, 1). */
-KN_SCALAR_INLINE float kn_s_exp_f32(float x) {
-    const float shift = 0x1.8p23f;
-    x = x > 90.0f ? 90.0f : x;
-    x = x < -120.0f ? -120.0f : x; /* NaN passes both */
-    float t = fmaf(x, 0x1.715476p+0f, shift);
-    float nf = t - shift;
-    kn__i32 n = (kn__i32)(KN__F2U(t) - KN__F2U(shift));
+/* exp(x) = 2^n exp(r): returns exp(r) and sets *t, whose low mantissa bits
+ * hold n (t = x/ln2 + 1.5*2^23). Leaner than kn__exp_core_f32 (no lo input,
+ * no exact 1 + r pair): r is rounded once and exp(r) is a plain Horner sum
+ * ending in fma(p, r, 1), q as in kn__exp_core_f32. */
+KN_SCALAR_INLINE float kn__exp_reduce_f32(float x, float *t) {
+    *t = fmaf(x, 0x1.715476p+0f, 0x1.8p23f);
+    float nf = *t - 0x1.8p23f;
     float r = fmaf(nf, -0x1.62e430p-1f, x);
     r = fmaf(nf, 0x1.05c610p-29f, r);
-    /* exp(r) = 1 + r + r^2 q(r), q as in kn__exp_core_f32 */
     float p = fmaf(0x1.6a2434p-10f, r, 0x1.1239e2p-7f);
     p = fmaf(p, r, 0x1.5558f2p-5f);
     p = fmaf(p, r, 0x1.555492p-3f);
     p = fmaf(p, r, 0x1.fffffcp-2f);
     p = fmaf(p, r, 1.0f);
-    return kn__ldexp_f32(fmaf(p, r, 1.0f), n);
+    return fmaf(p, r, 1.0f);
+}
+
+KN_SCALAR_INLINE float kn_s_exp_f32(float x) {
+    x = x > 90.0f ? 90.0f : x;
+    x = x < -120.0f ? -120.0f : x; /* NaN passes both */
+    float t, m = kn__exp_reduce_f32(x, &t);
+    return kn__ldexp_f32(m, (kn__i32)(KN__F2U(t) - KN__F2U(0x1.8p23f)));
 }
 
 KN_SCALAR_INLINE double kn_s_exp_f64(double x) { return exp(x); }
@@ -178,18 +182,9 @@ KN_SCALAR_INLINE double kn_s_exp_f64(double x) { return exp(x); }
  * kn_s_exp_f32 for x >= ln(FLT_MIN), 5 fewer vector instructions. (A sum
  * of exps that includes 1 loses nothing from flushing addends < 2^-126.) */
 KN_SCALAR_INLINE float kn_s_exp_nonpos_f32(float x) {
-    const float shift = 0x1.8p23f;
-    float t = fmaf(x, 0x1.715476p+0f, shift);
-    float nf = t - shift;
-    float r = fmaf(nf, -0x1.62e430p-1f, x);
-    r = fmaf(nf, 0x1.05c610p-29f, r);
-    float p = fmaf(0x1.6a2434p-10f, r, 0x1.1239e2p-7f);
-    p = fmaf(p, r, 0x1.5558f2p-5f);
-    p = fmaf(p, r, 0x1.555492p-3f);
-    p = fmaf(p, r, 0x1.fffffcp-2f);
-    p = fmaf(p, r, 1.0f);
+    float t, m = kn__exp_reduce_f32(x, &t);
     /* t's low bits hold n, so t's bits << 23 are n << 23: 2^n for n >= -126 */
-    float e = fmaf(p, r, 1.0f) * KN__U2F((KN__F2U(t) << 23) + (127u << 23));
+    float e = m * KN__U2F((KN__F2U(t) << 23) + (127u << 23));
     return x < -0x1.5d589ep+6f ? 0.0f : e; /* ln(FLT_MIN); -inf too; NaN stays */
 }
 
