@@ -397,7 +397,8 @@ static LLVMValueRef build(kn_jit_unit *u, const kn_jit_desc *d) {
     /* kn__jit_offsets, linked by name (jit/llvm.c defines the symbol): compiled
      * into every module, even out of line, it took 3.5 ms of a 16 ms compile */
     LLVMTypeRef oparams[4] = {g.ptr, g.i32, g.i64, g.ptr};
-    LLVMValueRef offsets = LLVMAddFunction(u->mod, "kn_jit_offsets", LLVMFunctionType(LLVMVoidTypeInContext(c), oparams, 4, 0));
+    LLVMTypeRef otype = LLVMFunctionType(LLVMVoidTypeInContext(c), oparams, 4, 0);
+    LLVMValueRef offsets = LLVMAddFunction(u->mod, "kn_jit_offsets", otype);
 
     LLVMTypeRef kparams[3] = {g.ptr, g.i64, g.i64};
     fn = LLVMAddFunction(u->mod, "kn_kernel", LLVMFunctionType(g.i32, kparams, 3, 0));

@@ -652,7 +652,8 @@ static int momentum_step(void *ctx, kn_tensor *const *in, kn_tensor **out) {
 Test(jit, state_updates_are_extra_outputs_of_one_kernel) {
     for (int peek = 0; peek < 2; peek++) {
         kn_tensor *g = kn_randn(KN_SHAPE(33, 70), KN_F32);
-        momentum t = {kn_keep(kn_randn(KN_SHAPE(33, 70), KN_F32)), kn_keep(kn_randn(KN_SHAPE(33, 70), KN_F32)), g, peek};
+        momentum t = {kn_keep(kn_randn(KN_SHAPE(33, 70), KN_F32)), kn_keep(kn_randn(KN_SHAPE(33, 70), KN_F32)), g,
+                      peek};
         momentum e = {kn_keep(kn_cast(t.m, KN_F32)), kn_keep(kn_cast(t.p, KN_F32)), g, peek};
         kn_fn *f = kn_function("momentum", momentum_step, &t, 1, 1, NULL);
         for (int call = 0; call < 3; call++) {

@@ -518,8 +518,8 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
         j->name = strdup(tr->name);
         j->nnodes = n;
     }
-    if (!j || !j->group || !j->g || !j->name || !uses || !user || !xs || !parent || !cls || !L.s || !L.inputs || !L.step_of ||
-        !L.row_value) {
+    if (!j || !j->group || !j->g || !j->name || !uses || !user || !xs || !parent || !cls || !L.s || !L.inputs ||
+        !L.step_of || !L.row_value) {
         kn__fuse_job_free(j);
         j = NULL;
         goto done;
