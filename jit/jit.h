@@ -51,6 +51,8 @@ typedef struct {
     kn_phase_kind kind;
     int step; /* the expression */
     int out;  /* STORE, ROW_STORE: operand written; SUM, MAX: also stored there when >= 0 */
+    bool shift; /* MAX whose result only shifts exps (softmax's x - max): NaN need not win
+                 * (the sum of exps carries it), so a plain vector max serves */
 } kn_jit_phase;
 
 /* Stride classes of the last dim; outputs stored per element are contiguous. */

@@ -255,8 +255,15 @@ static int cst(lower *L, float v) { return step(L, (kn_jit_step){.kind = KN_JIT_
 static int acc(lower *L, int p) { return step(L, (kn_jit_step){.kind = KN_JIT_ACC, .arg = p}); }
 static int phase(lower *L, kn_phase_kind k, int s, int out) {
     if (L->np == KN_JIT_MAX_PHASES) return L->failed = true, 0;
-    L->ph[L->np] = (kn_jit_phase){k, s, out};
+    L->ph[L->np] = (kn_jit_phase){.kind = k, .step = s, .out = out};
     return L->np++;
+}
+/* The row max that softmax subtracts: a NaN in the row reaches every output
+ * through the sum of exps, so the max need not propagate it. */
+static int shift_max(lower *L, int x) {
+    int p = phase(L, KN_PHASE_MAX, x, -1);
+    L->ph[p].shift = true;
+    return p;
 }
 
 /* The step of value id: a member's, a constant, or a new input. The
@@ -289,7 +296,7 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
     int one = cst(L, 1.0f);
     switch (n->op) {
     case KN_OP_softmax: {
-        int m = acc(L, phase(L, KN_PHASE_MAX, x, -1));
+        int m = acc(L, shift_max(L, x));
         int e = exp_nonpos(L, op2(L, KN_OP_sub, x, m));
         /* keep the exponentials in the output and scale them in place: one exp per element */
         bool keep = !L->stored;
@@ -300,7 +307,7 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
         break;
     }
     case KN_OP_log_softmax: {
-        int m = acc(L, phase(L, KN_PHASE_MAX, x, -1));
+        int m = acc(L, shift_max(L, x));
         int d = op2(L, KN_OP_sub, x, m);
         int s = acc(L, phase(L, KN_PHASE_SUM, exp_nonpos(L, d), -1));
         r = op2(L, KN_OP_sub, d, op1(L, KN_OP_log, s));
