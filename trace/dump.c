@@ -43,7 +43,7 @@ static void dump_at(FILE *o, const kn_trace *tr, const int *outs, int nout, cons
             fputc(' ', o);
             put_type(o, &tr->vals[n->out]);
         }
-        int xv[4];
+        int xv[KN_FUSE_MAX_EXTRA];
         for (int e = 0, nx = n->kind == N_FUSED ? kn__fused_extras(n, xv) : 0; e < nx; e++)
             fprintf(o, "%s%%%d", e ? ", " : ", also stores ", xv[e]);
         fputc('\n', o);

@@ -17,7 +17,6 @@
 #include <string.h>
 
 #define MAX_VARIANTS 4
-#define MAX_EXTRA 4  /* extra outputs of a pointwise kernel */
 
 /* What the kernel needs at call time, next to the node's operand ids. */
 struct kn_fused {
@@ -29,8 +28,8 @@ struct kn_fused {
     int inplace;    /* a pointwise kernel may write over this operand (its last use), or -1 */
     kn_tensor *into; /* a capture the next node overwrites with the result: written directly (or NULL) */
     int nextra;      /* extra outputs: value extra_val[e] is stored into capture extra_into[e] */
-    int extra_val[MAX_EXTRA];
-    kn_tensor *extra_into[MAX_EXTRA];
+    int extra_val[KN_FUSE_MAX_EXTRA];
+    kn_tensor *extra_into[KN_FUSE_MAX_EXTRA];
     uint8_t inner[KN_JIT_MAX_OPERANDS];
     /* The description, for variants compiled at call time when operands
      * come with other last-dim strides (a transposed input, say). A slot is
@@ -342,7 +341,8 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
  * nodes write them to; those writes move after the group's root. */
 typedef struct {
     int n;
-    int val[MAX_EXTRA], write[MAX_EXTRA], from[MAX_EXTRA]; /* from: the root of the group that computed it */
+    int val[KN_FUSE_MAX_EXTRA], write[KN_FUSE_MAX_EXTRA];
+    int from[KN_FUSE_MAX_EXTRA]; /* the root of the group that computed it */
 } extras;
 
 /* One group to fuse: its root node, members, inputs and its kernel (f). */
@@ -409,7 +409,7 @@ static void merge_extras(const kn_trace *tr, int *group, const nclass *cls, cons
     memcpy(orig, group, (size_t)(r + 1) * sizeof *orig);
     for (int k = 0; k < r; k++) {
         const tnode *q = &tr->nodes[k];
-        for (int a = 0; group[k] == r && a < q->nin && x->n < MAX_EXTRA; a++) {
+        for (int a = 0; group[k] == r && a < q->nin && x->n < KN_FUSE_MAX_EXTRA; a++) {
             int id = q->in[a];
             if (id < 0 || tr->vals[id].kind != V_NODE || uses[id] != 2) continue;
             int h = tr->vals[id].index, w;
@@ -638,15 +638,13 @@ static void move_writes(kn_trace *tr, bool *dead, const int *after, tnode *nodes
     int n = tr->nnodes, m = 0;
     for (int k = 0; k < n; k++) {
         if (after[k] >= 0) continue;
+        int r = k;
         nodes[m] = tr->nodes[k], d[m++] = dead[k];
         bool own = k + 1 < n && after[k + 1] < 0 && tr->nodes[k + 1].kind == N_WRITE &&
                    tr->nodes[k + 1].nin == 2 && tr->nodes[k + 1].in[1] == tr->nodes[k].out;
-        bool moves = false;
-        for (int w = 0; w < n; w++) moves |= after[w] == k;
-        if (!moves) continue;
-        if (own) nodes[m] = tr->nodes[++k], d[m++] = dead[k];
+        if (own) nodes[m] = tr->nodes[++k], d[m++] = dead[k];  /* its next node either way */
         for (int w = 0; w < n; w++)
-            if (after[w] == k - own) nodes[m] = tr->nodes[w], d[m++] = dead[w];
+            if (after[w] == r) nodes[m] = tr->nodes[w], d[m++] = dead[w];
     }
     memcpy(tr->nodes, nodes, (size_t)n * sizeof *nodes);
     memcpy(dead, d, (size_t)n * sizeof *d);
@@ -761,23 +759,22 @@ int kn__fused_extras(const tnode *n, int *vals) {
     return n->fused->nextra;
 }
 
-/* Extra output e's tensor: its capture when that is a contiguous f32 of the
- * domain's shape that no other operand overlaps, else a new buffer (the
- * moved write then copies it). */
-static kn_tensor *extra_out(const struct kn_fused *f, int e, const tnode *n, const tvalue *now, kn_tensor **args,
-                            kn_tensor *const *taken, int ntaken) {
-    kn_tensor *t = f->extra_into[e];
-    bool fits = kn_is_contiguous(t) && t->dtype == KN_F32 && t->ndim == now->ndim &&
+/* A capture a kernel may store into directly: a contiguous f32 of the
+ * domain's shape whose storage no operand reads through another view (they
+ * read what it held before) and no output taken so far uses. */
+static bool capture_fits(const kn_tensor *t, const tnode *n, const tvalue *now, kn_tensor *const *args,
+                         kn_tensor *const *taken, int ntaken) {
+    bool fits = t && kn_is_contiguous(t) && t->dtype == KN_F32 && t->ndim == now->ndim &&
                 !memcmp(t->shape, now->shape, (size_t)t->ndim * sizeof *t->shape);
     for (int j = 0; fits && j < n->nin; j++) fits = args[j]->storage != t->storage || kn__same_view(args[j], t);
     for (int k = 0; fits && k < ntaken; k++) fits = taken[k]->storage != t->storage;
-    return fits ? kn__ret(t) : kn__alloc(now->shape, now->ndim, KN_F32);
+    return fits;
 }
 
 kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args, kn_tensor **extra) {
     struct kn_fused *f = n->fused;
     int nops = n->nin + 1 + f->nextra;
-    kn_tensor *outs[1 + MAX_EXTRA] = {0};
+    kn_tensor *outs[1 + KN_FUSE_MAX_EXTRA] = {0};
     bool ok = false;
     void *ptrs[KN_JIT_MAX_OPERANDS + 1];
     kn_tensor *conv[KN_JIT_MAX_OPERANDS] = {0}, *r = NULL;
@@ -810,13 +807,9 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
                   kn__shape_str(dom, nd, b0), f->nd);
         goto done;
     }
-    kn_tensor *x = f->inplace >= 0 ? args[f->inplace] : NULL, *into = f->into;
-    bool fits = into && kn_is_contiguous(into) && into->dtype == KN_F32 && into->ndim == now->ndim &&
-                !memcmp(into->shape, now->shape, (size_t)into->ndim * sizeof *into->shape);
-    for (int j = 0; fits && j < n->nin; j++)  /* other views of its storage are read as they were */
-        fits = args[j]->storage != into->storage || kn__same_view(args[j], into);
-    if (fits)
-        r = kn__ret(into);  /* the write that follows finds its data in place */
+    kn_tensor *x = f->inplace >= 0 ? args[f->inplace] : NULL;
+    if (capture_fits(f->into, n, now, args, NULL, 0))
+        r = kn__ret(f->into);  /* the write that follows finds its data in place */
     /* the plan holds the one reference */
     else if (x && atomic_load(&x->refcount) == 1 && atomic_load(&x->storage->refcount) == 1 && kn_is_contiguous(x) &&
              x->dtype == KN_F32 && !x->requires_grad && x->ndim == now->ndim &&
@@ -825,8 +818,11 @@ kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn
     else if (!(r = kn__alloc(now->shape, now->ndim, KN_F32)))
         goto done;
     outs[0] = r;
-    for (int e = 0; e < f->nextra; e++)
-        if (!(outs[1 + e] = extra_out(f, e, n, now, args, outs, 1 + e))) goto done;
+    for (int e = 0; e < f->nextra; e++)  /* else a new buffer, which the moved write copies */
+        if (!(outs[1 + e] = capture_fits(f->extra_into[e], n, now, args, outs, 1 + e)
+                                ? kn__ret(f->extra_into[e])
+                                : kn__alloc(now->shape, now->ndim, KN_F32)))
+            goto done;
     /* a row kernel runs for every row, even empty ones (a sum of nothing is 0) */
     int64_t count = f->rows ? kn__numel(dom, nd - 1) : kn__numel(dom, nd);
     if (count > 0 && kn__numel(r->shape, r->ndim) > 0) {

@@ -128,7 +128,8 @@ void kn__fused_free(struct kn_fused *f);
 /* a and b are the same elements of the same storage. */
 bool kn__same_view(const kn_tensor *a, const kn_tensor *b);
 /* Runs fused node n; its extra outputs (values kn__fused_extras names) go to
- * extra[], which needs room for 4. */
+ * extra[], which needs room for KN_FUSE_MAX_EXTRA. */
+#define KN_FUSE_MAX_EXTRA 4
 kn_tensor *kn__fused_run(const char *name, const tnode *n, const tvalue *now, kn_tensor **args, kn_tensor **extra);
 int kn__fused_extras(const tnode *n, int *vals);
 /* Runs one recorded op on actual tensors. */

@@ -124,8 +124,8 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
         case N_FUSED: {
             tvalue now = tr->vals[n->out];
             shape_now(&now, in, now.shape);
-            kn_tensor *extra[4];
-            int xv[4], nx = n->kind == N_FUSED ? kn__fused_extras(n, xv) : 0;
+            kn_tensor *extra[KN_FUSE_MAX_EXTRA];
+            int xv[KN_FUSE_MAX_EXTRA], nx = n->kind == N_FUSED ? kn__fused_extras(n, xv) : 0;
             kn_tensor *r = v[n->out] = n->kind == N_FUSED ? kn__fused_run(name, n, &now, args, extra)
                                                            : kn__op_call(n, &now, args);
             for (int e = 0; r && e < nx; e++) {  /* stored into the captures their (later) writes target */
