@@ -3,6 +3,7 @@
 #define KN_INTERNAL_H
 
 #include "kiln.h"
+#include "ops.h"
 #include <stdatomic.h>
 
 #define KN_ALIGN 64
@@ -132,6 +133,11 @@ void kn__iter_add(kn_iter *it, const kn_tensor *t);
 void kn__iter_run(kn_iter *it, kn_loop_fn fn, const void *params, int64_t grain);
 /* dst[i] = src[i] with dtype conversion; shapes must broadcast src -> dst. */
 void kn__copy(kn_tensor *dst, const kn_tensor *src);
+/* The loops eager ops run: converting src elements to dst's dtype, and op
+ * on operands of dtype dt (NULL where eager has none). Used one element at
+ * a time by trace/scalars.c, so its results are eager's bit for bit. */
+kn_loop_fn kn__conv_loop(kn_dtype dst, kn_dtype src);
+kn_loop_fn kn__ew_loop(kn_op op, kn_dtype dt);
 /* Broadcast shape of a and b into out; false if incompatible. */
 bool kn__broadcast_shape(const int64_t *a, int na, const int64_t *b, int nb,
                          int64_t *out, int *nout);

@@ -129,6 +129,8 @@ static const char *const opname[KN_OP_COUNT] = {
 
 static const char *name_of(kn_op op) { return opname[op]; }
 
+kn_loop_fn kn__ew_loop(kn_op op, kn_dtype dt) { return loops[op][dt]; }
+
 /* x converted to dt, or x itself when it already is dt (a reference to kn__drop). */
 static kn_tensor *as_dtype(kn_tensor *x, kn_dtype dt) {
     return x->dtype == dt ? kn__ret(x) : kn_cast(x, dt);

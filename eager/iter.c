@@ -137,6 +137,8 @@ static const kn_loop_fn conv[KN_DTYPE_COUNT][KN_DTYPE_COUNT] = {
     [KN_I64] = CONV_ENTRY(i64), [KN_BOOL] = CONV_ENTRY(bool),
 };
 
+kn_loop_fn kn__conv_loop(kn_dtype dst, kn_dtype src) { return conv[dst][src]; }
+
 void kn__copy(kn_tensor *dst, const kn_tensor *src) {
     kn_iter it = {.ndim = dst->ndim};
     memcpy(it.shape, dst->shape, sizeof it.shape);

@@ -477,3 +477,57 @@ Test(passes, linear_relu_refuses_inputs_that_require_grad) {
     cr_assert(kn_last_error() && strstr(kn_last_error(), "no derivative"), "%s", kn_last_error());
     kn_fn_free(f);
 }
+
+/* ---- scalar chains (trace/scalars.c) ---- */
+
+/* Adam's bias corrections: a counter written in place, powers, a square
+ * root, an integer constant and a cast, all 0-d, then one tensor op. */
+static int bias_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    state *s = ctx;
+    kn_tensor *step = s->t[0];
+    if (kn_add_scalar_(step, 1)) return -1;
+    kn_tensor *b1 = kn_add_scalar(kn_neg(kn_pow(kn_scalar(0.9, KN_F64), step)), 1);
+    kn_tensor *b2 = kn_add_scalar(kn_neg(kn_pow(kn_scalar(0.999, KN_F64), step)), 1);
+    kn_tensor *c = kn_cast(kn_div(kn_mul_scalar(kn_sqrt(b2), 3), b1), KN_F32);
+    out[0] = kn_mul(in[0], c);
+    return out[0] ? 0 : -1;
+}
+
+Test(passes, scalar_chains_run_as_one_node_and_match_eager_bitwise) {
+    state eager = {{kn_scalar(0, KN_F64)}, 1}, traced = clone_state(&eager);
+    kn_tensor *x = kn_randn(KN_SHAPE(37), KN_F32);
+    kn_fn *f;
+    expect_like_eager(bias_body, "bias", &eager, &traced, &x, &x, 1, 1, 6, &f);
+    cr_assert_eq(count_in_plan(f, "scalars<"), 1, "one chain");
+    cr_assert_eq(count_in_plan(f, "pow("), 0, "no 0-d op left on its own");
+    cr_assert_eq(kn_item(traced.t[0]), 6.0);
+    kn_fn_free(f);
+}
+
+/* s and s2 are two tensors on one storage: b reads s2 after the write into
+ * s, so it must not run before the write (write forwarding does not see
+ * through s2). u reads a sum, so it stays after the sum. */
+static int ordered_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    state *s = ctx;
+    kn_tensor *a = kn_mul_scalar(s->t[0], 2);
+    kn_tensor *e = kn_add_scalar(a, 5);
+    if (kn_copy_(s->t[0], kn_add_scalar(a, 1))) return -1;
+    kn_tensor *b = kn_mul_scalar(s->t[1], 3);
+    kn_tensor *t = kn_cast(kn_sum(in[0], KN_ALL_DIMS, false), KN_F64);
+    kn_tensor *u = kn_add_scalar(kn_mul(t, a), 1);
+    out[0] = kn_mul(in[0], kn_cast(kn_add(kn_add(b, e), u), KN_F32));
+    return out[0] ? 0 : -1;
+}
+
+Test(passes, scalar_chains_keep_reads_after_writes_and_the_ops_they_read) {
+    kn_tensor *base = kn_full(KN_SHAPE(1), 1.25, KN_F64), *base2 = kn_cast(base, KN_F64);
+    int64_t none[1] = {0};
+    state eager = {{kn_reshape(base, none, 0), kn_reshape(base, none, 0)}, 2};
+    state traced = {{kn_reshape(base2, none, 0), kn_reshape(base2, none, 0)}, 2};
+    kn_tensor *x = kn_randn(KN_SHAPE(9), KN_F32);
+    kn_fn *f;
+    expect_like_eager(ordered_body, "ordered", &eager, &traced, &x, &x, 1, 1, 4, &f);
+    /* a, e and a + 1 before the write; b and b + e after it; the rest after the sum */
+    cr_assert_eq(count_in_plan(f, "scalars<"), 3);
+    kn_fn_free(f);
+}

@@ -3,7 +3,7 @@
 #include "ir.h"
 
 static const char *kind_name[] = {"input", "capture", "const", "node", "grad of"};
-static const char *effect_name[] = {"", "write", "set_grad", "zero_grad", "cond", "fused"};
+static const char *effect_name[] = {"", "write", "set_grad", "zero_grad", "cond", "fused", "scalars"};
 
 static void put_type(FILE *o, const tvalue *v) {
     char b[KN_SHAPE_BUF];
@@ -33,6 +33,11 @@ static void dump_at(FILE *o, const kn_trace *tr, const int *outs, int nout, cons
         if (n->kind == N_OP) fprintf(o, "%%%d = %s(", n->out, kn_op_table[n->op].name);
         else if (n->kind == N_FUSED)
             fprintf(o, "%%%d = fused<%d ops, last %s>(", n->out, n->nfused, kn_op_table[n->op].name);
+        else if (n->kind == N_SCALARS) {
+            const int *sv;
+            for (int e = 0, ns = kn__scalars_outs(n, &sv); e < ns; e++) fprintf(o, "%s%%%d", e ? ", " : "", sv[e]);
+            fprintf(o, " = scalars<%d ops>(", n->nfused);
+        }
         else fprintf(o, "%s%s(", n->kind == N_COND ? " = " : "", effect_name[n->kind]);
         for (int j = 0; j < n->nin; j++) {
             if (n->in[j] >= 0) fprintf(o, "%s%%%d", j ? ", " : "", n->in[j]);

@@ -224,6 +224,7 @@ void kn__trace_free(kn_trace *tr) {
     for (int i = 0; i < tr->nnodes; i++) {
         free(tr->nodes[i].in);
         kn__fused_free(tr->nodes[i].fused);
+        kn__scalars_free(tr->nodes[i].scalars);
         for (int b = 0; b < 2; b++)
             if (tr->nodes[i].branch[b]) {
                 kn__plan_free(tr->nodes[i].branch[b]);

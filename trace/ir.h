@@ -27,7 +27,7 @@ typedef struct {
  * them into values, which no shape check would reveal. */
 #define KN_MAX_SYMS (64 * KN_MAX_DIMS)
 
-typedef enum { N_OP, N_WRITE, N_SET_GRAD, N_ZERO_GRAD, N_COND, N_FUSED } nkind;
+typedef enum { N_OP, N_WRITE, N_SET_GRAD, N_ZERO_GRAD, N_COND, N_FUSED, N_SCALARS } nkind;
 struct plan;
 typedef struct {
     nkind kind;
@@ -39,7 +39,8 @@ typedef struct {
     int nout;           /* N_COND: results, at value ids out .. out + nout - 1 */
     struct plan *branch[2]; /* N_COND: then, else; inputs are in[1..] */
     struct kn_fused *fused; /* N_FUSED: the JIT'd kernel over in[] (trace/fuse.c; owned) */
-    int nfused;         /* N_FUSED: ops it replaced (op is the last) */
+    int nfused;         /* N_FUSED: ops it replaced (op is the last); N_SCALARS: its ops */
+    struct kn_scalars *scalars; /* N_SCALARS: the chain of 0-d ops over in[] (trace/scalars.c; owned) */
 } tnode;
 
 typedef struct kn_trace {
@@ -125,6 +126,13 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout);
 void kn__fuse_job_free(kn_fuse_job *j);
 /* Runs an N_FUSED node on its operands: the result, or NULL with an error. */
 void kn__fused_free(struct kn_fused *f);
+/* Runs of 0-d float ops become N_SCALARS nodes (trace/scalars.c). */
+void kn__plan_scalars(plan *pl, const int *outs, int nout);
+/* Runs N_SCALARS node n: res[e] gets the e-th value kn__scalars_outs names. */
+int kn__scalars_run(const char *name, const tnode *n, kn_tensor **args, kn_tensor **res);
+int kn__scalars_outs(const tnode *n, const int **vals);
+kn_op kn__scalars_op(const tnode *n, int e);  /* the op that makes the e-th */
+void kn__scalars_free(struct kn_scalars *s);
 /* a and b are the same elements of the same storage. */
 bool kn__same_view(const kn_tensor *a, const kn_tensor *b);
 /* Runs fused node n; its extra outputs (values kn__fused_extras names) go to

@@ -365,6 +365,9 @@ void kn__plan_compact(plan *pl, const bool *dead, const int *outs, int nout) {
         tr->nodes[m] = tr->nodes[i];
         for (int k = 0; tr->nodes[m].out >= 0 && k < (tr->nodes[m].kind == N_COND ? tr->nodes[m].nout : 1); k++)
             tr->vals[tr->nodes[m].out + k].index = m;
+        const int *sv;
+        for (int k = 0, ns = tr->nodes[m].kind == N_SCALARS ? kn__scalars_outs(&tr->nodes[m], &sv) : 0; k < ns; k++)
+            tr->vals[sv[k]].index = m;
         m++;
     }
     tr->nnodes = m;
@@ -463,6 +466,7 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
     }
     kn__plan_compact(pl, dead, outs, nout);
     fuse_epilogues(pl, outs, nout);
+    kn__plan_scalars(pl, outs, nout);
     pl->captures = malloc(((size_t)tr->nvals + 1) * sizeof *pl->captures);
     for (int v = 0; pl->captures && v < tr->nvals; v++)
         if (tr->vals[v].kind == V_CAPTURE && pl->last_use[v] >= 0) pl->captures[pl->ncaptures++] = v;
@@ -479,7 +483,7 @@ bool kn__plan_build(plan *pl, kn_trace *tr, int *outs, int nout) {
     free(live);
     free(dead);
     if (dump_ir()) {
-        fprintf(stderr, "KN_DUMP=ir: %s after the passes (forwarding, folding, CSE, simplification, dead code, epilogues)\n",
+        fprintf(stderr, "KN_DUMP=ir: %s after the passes (forwarding, folding, CSE, simplification, dead code, epilogues, scalar chains)\n",
                 tr->name);
         kn__dump_trace(stderr, tr, outs, nout, pl->last_use);
     }

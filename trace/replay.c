@@ -147,6 +147,22 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
             peak = live > peak ? live : peak;
             break;
         }
+        case N_SCALARS: {
+            const int *sv;
+            int ns = kn__scalars_outs(n, &sv);
+            kn_tensor *res[ns > 0 ? ns : 1];
+            if (kn__scalars_run(name, n, args, res) != 0) {
+                rc = -1;
+                break;
+            }
+            for (int e = 0; e < ns; e++) {
+                v[sv[e]] = res[e];
+                if (all) all[sv[e]] = kn_retain(res[e]);
+                live += bytes_of(res[e]);
+            }
+            peak = live > peak ? live : peak;
+            break;
+        }
         case N_WRITE: {
             effects = true;
             int64_t shape[KN_MAX_DIMS];

@@ -29,6 +29,25 @@ static int64_t first_difference(const kn_tensor *a, const kn_tensor *b, double *
     return bad;
 }
 
+/* Compares traced value id (made by op) with the eager recording's value of
+ * that id; reports the first difference. */
+static bool differs(kn_fn *f, const kn_trace *et, kn_tensor **all, int id, kn_op op) {
+    if (!all[id]) return false;
+    kn_op eop = id < et->nvals && et->vals[id].kind == V_NODE ? et->nodes[et->vals[id].index].op : KN_OP_COUNT;
+    /* a linear_relu node stands where eager recorded the relu */
+    bool aligned = et->vt && id < et->nvals && et->vt[id] && (eop == op || (op == KN_OP_linear_relu && eop == KN_OP_relu));
+    double va = NAN, vb = NAN;
+    int64_t at = aligned ? first_difference(all[id], et->vt[id], &va, &vb) : 0;
+    if (at < 0) return false;
+    f->stats.shadow_mismatches++;
+    snprintf(f->stats.shadow_report, sizeof f->stats.shadow_report,
+             aligned ? "node %%%d = %s differs from eager at element %lld: traced %.9g, eager %.9g"
+                     : "node %%%d = %s has no eager counterpart: the body took another path%.0lld%.0g%.0g",
+             id, kn_op_table[op].name, (long long)at, va, vb);
+    fprintf(stderr, "KN_SHADOW: kn_function %s: %s\n", f->name, f->stats.shadow_report);
+    return true;
+}
+
 typedef struct { kn_tensor *target, *copy; } saved_write;
 typedef struct { kn_tensor *leaf, *grad; } saved_grad;
 
@@ -73,22 +92,11 @@ int kn__shadow_call(kn_fn *f, const plan *pl, kn_tensor *const *in, kn_tensor **
     if (!(et = kn__record_body(f, in, res, outs))) goto done;
     for (int k = 0; k < tr->nnodes; k++) {
         const tnode *n = &tr->nodes[k];
-        if ((n->kind != N_OP && n->kind != N_FUSED) || !all[n->out]) continue;
-        int id = n->out;
-        kn_op eop = id < et->nvals && et->vals[id].kind == V_NODE ? et->nodes[et->vals[id].index].op : KN_OP_COUNT;
-        /* a linear_relu node stands where eager recorded the relu */
-        bool aligned = et->vt && id < et->nvals && et->vt[id] &&
-                       (eop == n->op || (n->op == KN_OP_linear_relu && eop == KN_OP_relu));
-        double va = NAN, vb = NAN;
-        int64_t at = aligned ? first_difference(all[id], et->vt[id], &va, &vb) : 0;
-        if (at < 0) continue;
-        f->stats.shadow_mismatches++;
-        snprintf(f->stats.shadow_report, sizeof f->stats.shadow_report,
-                 aligned ? "node %%%d = %s differs from eager at element %lld: traced %.9g, eager %.9g"
-                         : "node %%%d = %s has no eager counterpart: the body took another path%.0lld%.0g%.0g",
-                 id, kn_op_table[n->op].name, (long long)at, va, vb);
-        fprintf(stderr, "KN_SHADOW: kn_function %s: %s\n", f->name, f->stats.shadow_report);
-        break;
+        const int *sv;
+        int ns = n->kind == N_SCALARS ? kn__scalars_outs(n, &sv) : 0;
+        bool bad = false;
+        for (int e = 0; e < ns && !bad; e++) bad = differs(f, et, all, sv[e], kn__scalars_op(n, e));
+        if (bad || ((n->kind == N_OP || n->kind == N_FUSED) && differs(f, et, all, n->out, n->op))) break;
     }
     for (int k = 0; k < f->nout; k++) out[k] = kn__hand_over(res[k]);
     rc = 0;
