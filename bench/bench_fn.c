@@ -17,10 +17,13 @@
 /* The JIT's counters (internal, jit/jit.h). */
 uint64_t kn__jit_compile_count(void);
 uint64_t kn__jit_disk_hits(void);
-/* Kiln's sgemm (backends/cpu/onednn.h): dnnl_sgemm with the thread count
- * Kiln picks for the shape, so the floor is the calls the step makes. */
+/* The oneDNN calls a plan makes (backends/cpu/onednn.h): the linears'
+ * matmul primitive with the bias (and relu) fused, and dnnl_sgemm with the
+ * thread count Kiln picks for the shape, so the floor is the step's calls. */
 int kn__sgemm(const char *op, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
               const float *B, int64_t ldb, float *C, int64_t ldc, float beta);
+int kn__linear_f32(const char *op, int64_t M, int64_t N, int64_t K, const float *x, int64_t ldx, const float *w,
+                   int64_t w_rs, int64_t w_cs, const float *bias, float *y, int act);
 
 static double now(void) {
     struct timespec ts;
@@ -169,15 +172,16 @@ static void bench_rows(void) {
 
 /* ---- the MLP train step against the matmuls it runs ----
  * The plan (kn_fn_dump) runs five products: the forward linears
- * x[B,784]·W1ᵀ and h[B,128]·W2ᵀ (bias rows first, so beta 1), and in
- * backward g[B,10]·W2, gᵀ[10,B]·h and g1ᵀ[128,B]·x (transposed views of
- * dense gradients). The same sgemm calls on buffers of those shapes are the
- * floor the traced step is measured against. */
-typedef struct { float *x, *w1, *h, *w2, *g, *g1, *o1, *o2, *d1, *dw2, *dw1; } mm_bufs;
+ * relu(x[B,784]·W1ᵀ + b1) and h[B,128]·W2ᵀ + b2 (oneDNN's matmul primitive,
+ * bias and relu fused), and in backward g[B,10]·W2, gᵀ[10,B]·h and
+ * g1ᵀ[128,B]·x (sgemm on transposed views of dense gradients). The same
+ * calls on buffers of those shapes are the floor the traced step is
+ * measured against. */
+typedef struct { float *x, *w1, *h, *w2, *g, *g1, *o1, *o2, *d1, *dw2, *dw1, *b1, *b2; } mm_bufs;
 
 static void mlp_matmuls(const mm_bufs *b, int64_t B) {
-    kn__sgemm("floor", false, true, B, 128, 784, b->x, 784, b->w1, 784, b->o1, 128, 1.0f);
-    kn__sgemm("floor", false, true, B, 10, 128, b->h, 128, b->w2, 128, b->o2, 10, 1.0f);
+    kn__linear_f32("floor", B, 128, 784, b->x, 784, b->w1, 784, 1, b->b1, b->o1, 1 /* relu */);
+    kn__linear_f32("floor", B, 10, 128, b->h, 128, b->w2, 128, 1, b->b2, b->o2, 0);
     kn__sgemm("floor", false, false, B, 128, 10, b->g, 10, b->w2, 128, b->d1, 128, 0.0f);
     kn__sgemm("floor", true, false, 10, 128, B, b->g, 10, b->h, 128, b->dw2, 128, 0.0f);
     kn__sgemm("floor", true, false, 128, 784, B, b->g1, 128, b->x, 784, b->dw1, 784, 0.0f);
@@ -185,15 +189,15 @@ static void mlp_matmuls(const mm_bufs *b, int64_t B) {
 
 /* Best of 5 rounds of n passes over the five products, seconds per pass. */
 static double matmul_floor(int64_t B, int n) {
-    int64_t sizes[11][2] = {{B, 784}, {128, 784}, {B, 128}, {10, 128}, {B, 10}, {B, 128},
-                            {B, 128}, {B, 10},    {B, 128}, {10, 128}, {128, 784}};
-    kn_tensor *t[11];
-    float *p[11];
-    for (int i = 0; i < 11; i++) {
+    int64_t sizes[13][2] = {{B, 784}, {128, 784}, {B, 128}, {10, 128}, {B, 10}, {B, 128}, {B, 128},
+                            {B, 10},  {B, 128},   {10, 128}, {128, 784}, {1, 128}, {1, 10}};
+    kn_tensor *t[13];
+    float *p[13];
+    for (int i = 0; i < 13; i++) {
         t[i] = kn_randn(KN_SHAPE(sizes[i][0], sizes[i][1]), KN_F32);
         p[i] = kn_data(t[i]);
     }
-    mm_bufs b = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10]};
+    mm_bufs b = {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12]};
     double best = 1e30;
     for (int r = 0; r < 5; r++) {
         double t0 = now();
@@ -201,7 +205,7 @@ static double matmul_floor(int64_t B, int n) {
         double dt = (now() - t0) / n;
         best = dt < best ? dt : best;
     }
-    for (int i = 0; i < 11; i++) kn_release(t[i]);
+    for (int i = 0; i < 13; i++) kn_release(t[i]);
     return best;
 }
 
@@ -437,7 +441,7 @@ int main(int argc, char **argv) {
                se * 1e6, st * 1e6, st / se);
         printf("{\"bench\":\"fn_mlp_step_b%lld\",\"eager_us\":%.2f,\"traced_us\":%.2f,\"ratio\":%.3f}\n",
                (long long)batch, se * 1e6, st * 1e6, st / se);
-        printf("mlp train step batch %lld vs its 5 matmuls (Kiln's sgemm calls alone) %.1f us: traced/matmul %.2f "
+        printf("mlp train step batch %lld vs its 5 matmuls (the same oneDNN calls alone) %.1f us: traced/matmul %.2f "
                "(target <= 1.2), eager/matmul %.2f, traced/eager %.2f\n", (long long)batch, mm * 1e6, st / mm,
                se / mm, st / se);
         printf("{\"bench\":\"fn_mlp_step_vs_matmul_b%lld\",\"matmul_us\":%.2f,\"traced_us\":%.2f,"
