@@ -64,6 +64,32 @@ CE_ROWS(ce_rows_f32, float, kn_s_exp_nonpos_f32, kn_s_log_f32,
         _Pragma("clang loop vectorize(enable) vectorize_predicate(enable)"))
 CE_ROWS(ce_rows_f64, double, kn_s_exp_f64, kn_s_log_f64, ) /* libm's exp: nothing to vectorize */
 
+/* f32 rows of at most CE_LANES_MAX classes (a classifier's 10), CE_LANES
+ * rows at a time with row r in lane r: the max, the exps, the in-order sum
+ * and the log run as vector ops across rows, and each row sees exactly the
+ * operations of ce_rows_f32 in the same order, so the losses are its bits.
+ * One row at a time, a 10-class row leaves most of a vector idle. */
+#define CE_LANES 16
+#define CE_LANES_MAX 32
+static void ce_lanes_f32(void *p, int64_t begin, int64_t end) {
+    ce_ctx *c = p;
+    const float *x = (const float *)c->x;
+    int64_t nc = c->c;
+    for (int64_t i0 = begin; i0 < end; i0 += CE_LANES) {
+        int64_t nr = end - i0 < CE_LANES ? end - i0 : CE_LANES;
+        float t[CE_LANES_MAX][CE_LANES] = {{0}}, m[CE_LANES], s[CE_LANES], l[CE_LANES];
+        for (int64_t r = 0; r < nr; r++)
+            for (int64_t j = 0; j < nc; j++) t[j][r] = x[(i0 + r) * nc + j];
+        for (int r = 0; r < CE_LANES; r++) m[r] = t[0][r], s[r] = 0;
+        for (int64_t j = 1; j < nc; j++)
+            for (int r = 0; r < CE_LANES; r++) m[r] = t[j][r] > m[r] ? t[j][r] : m[r];
+        for (int64_t j = 0; j < nc; j++)
+            for (int r = 0; r < CE_LANES; r++) s[r] += kn_s_exp_nonpos_f32(t[j][r] - m[r]);
+        for (int r = 0; r < CE_LANES; r++) l[r] = m[r] + kn_s_log_f32(s[r]);
+        for (int64_t r = 0; r < nr; r++) c->loss[i0 + r] = (double)(l[r] - x[(i0 + r) * nc + c->t[i0 + r]]);
+    }
+}
+
 /* Per-row losses reduced as asked, in dtype dt. */
 static kn_tensor *reduce_rows(const double *loss, int64_t n, kn_reduction r, kn_dtype dt) {
     if (r == KN_REDUCE_NONE) {
@@ -94,7 +120,8 @@ kn_tensor *kn_cross_entropy(kn_tensor *logits, kn_tensor *target, kn_reduction r
         kn__error("kn_cross_entropy: input has 0 classes");
         goto done;
     }
-    kn__parallel_for(n, 256, x->dtype == KN_F32 ? ce_rows_f32 : ce_rows_f64, &c);
+    kn_range_fn rows = x->dtype == KN_F64 ? ce_rows_f64 : c.c <= CE_LANES_MAX ? ce_lanes_f32 : ce_rows_f32;
+    kn__parallel_for(n, 256, rows, &c);
     out = reduce_rows(loss, n, r, x->dtype);
 done:
     free(loss);

@@ -3,6 +3,7 @@
  * init bounds, forward against the plain ops, parameter listing, gradients
  * and every error. */
 #include "helpers.h"
+#include "../core/scalar.h"
 #include <math.h>
 #include <string.h>
 
@@ -438,6 +439,43 @@ Test(module, loss_cross_entropy_matches_reference) {
     /* f32: logsumexp - x_t cancels, so an absolute part of a few ulps of |x| ~ 10 */
     check_ce(KN_F32, KN_I64, 2e-6, 4e-6);
     check_ce(KN_F32, KN_I32, 2e-6, 4e-6);
+}
+
+/* The f32 loss of one row as nn/loss.c documents it, in f32: the max, the
+ * in-order sum of kn_s_exp_nonpos_f32(x - max), then max + log(sum) - x[t]. */
+static float ce_row_f32(const float *x, int64_t c, int64_t t) {
+    float m = x[0], s = 0;
+    for (int64_t j = 1; j < c; j++) m = x[j] > m ? x[j] : m;
+    for (int64_t j = 0; j < c; j++) s += kn_s_exp_nonpos_f32(x[j] - m);
+    return m + kn_s_log_f32(s) - x[t];
+}
+
+/* Short rows run 16 to a vector (one row per lane), longer ones one by one:
+ * both give the formula's bits, for partial blocks, special values and
+ * rows split across threads. */
+Test(module, loss_cross_entropy_f32_rows_are_the_formula_bit_for_bit) {
+    const int64_t shapes[][2] = {{1, 10}, {15, 10}, {16, 10}, {37, 10}, {40, 32}, {9, 33}, {300, 3}, {5, 1}, {700, 10}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int64_t n = shapes[k][0], c = shapes[k][1];
+        kn_tensor *x = kn_mul_scalar(kn_randn(KN_SHAPE(n, c), KN_F32), 4);
+        float *xv = kn_data(x);
+        if (n > 3 && c > 2) {  /* a NaN, an infinite max, a row of -inf but one */
+            xv[c + 1] = NAN;
+            xv[2 * c] = INFINITY;
+            for (int64_t j = 1; j < c; j++) xv[3 * c + j] = -INFINITY;
+        }
+        kn_tensor *t = kn_cast(kn_mul_scalar(kn_rand(KN_SHAPE(n), KN_F64), (double)c), KN_I64);
+        const int64_t *tv = kn_data(t);
+        kn_tensor *l = kn_cross_entropy(x, t, KN_REDUCE_NONE);
+        cr_assert_not_null(l, "%s", kn_last_error());
+        const float *lv = kn_data(l);
+        for (int64_t i = 0; i < n; i++) {
+            float want = ce_row_f32(xv + i * c, c, tv[i]);
+            cr_assert(memcmp(&lv[i], &want, sizeof want) == 0 || (isnan(lv[i]) && isnan(want)),
+                      "[%lld,%lld] row %lld: %.9g, formula %.9g", (long long)n, (long long)c, (long long)i,
+                      lv[i], want);
+        }
+    }
 }
 
 Test(module, loss_cross_entropy_is_stable_for_huge_logits) {
