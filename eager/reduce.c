@@ -241,11 +241,25 @@ KERNEL(min_row_bool) { UNUSED_ARGS; out->v = rmin_bool((const uint8_t *)xp, n); 
 #define IMAX(v, m) ((v) > (m))
 #define IMIN(v, m) ((v) < (m))
 
+/* Adjacent outputs summed COL_REG at a time over all steps, so their
+ * accumulators stay in registers (the same additions in the same order). */
+#define COL_REG 32
 #define COL_FLOAT(SUF, T)                                                         \
     KERNEL(sum_col_##SUF) {                                                       \
         (void)r0;                                                                 \
         const T *restrict x = (const T *)xp;                                      \
         double a[KT];                                                             \
+        int64_t k0 = 0;                                                           \
+        for (; ks == 1 && k0 + COL_REG <= kw; k0 += COL_REG) {                    \
+            double acc[COL_REG] = {0};                                            \
+            for (int64_t r = 0; r < n; r++)                                       \
+                for (int k = 0; k < COL_REG; k++) acc[k] += x[r * ld + k0 + k];   \
+            for (int k = 0; k < COL_REG; k++) out[k0 + k].d = acc[k];             \
+        }                                                                         \
+        if (k0 == kw) return;                                                     \
+        x += k0;                                                                  \
+        kw -= k0;                                                                 \
+        out += k0;                                                                \
         for (int64_t k = 0; k < kw; k++) a[k] = 0;                                \
         COL_LOOP(T, 0, a[k] += v)                                                 \
         for (int64_t k = 0; k < kw; k++) out[k].d = a[k];                         \
