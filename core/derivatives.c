@@ -292,11 +292,6 @@ RULE(max_pool2d) {  /* p.i = {kernel, stride, padding} */
     SET(0, kn__max_pool2d_grad(g, IN(0), (int)n->p.i[0], (int)n->p.i[1], (int)n->p.i[2]));
     return 0;
 }
-/* One-hot of integer targets [N] over C classes, in dtype of like. */
-static kn_tensor *one_hot(kn_tensor *target, int64_t c, kn_tensor *like) {
-    kn_tensor *classes = kn_arange(0, (double)c, 1, KN_I64);
-    return mask_of(kn_eq(kn_unsqueeze(target, 1), classes), like);
-}
 /* Upstream gradient per row: p.i[0] = reduction (0 mean, 1 sum, 2 none). */
 static kn_tensor *loss_rows(kn_node *n, kn_tensor *g, kn_tensor *x) {
     if (n->p.i[0] == 2) return kn_unsqueeze(g, 1);
@@ -304,7 +299,7 @@ static kn_tensor *loss_rows(kn_node *n, kn_tensor *g, kn_tensor *x) {
 }
 RULE(cross_entropy) {  /* in = {logits [N,C], target [N]} */
     kn_tensor *x = IN(0);
-    kn_tensor *d = kn_sub(kn_softmax(x, 1), one_hot(IN(1), x->shape[1], x));
+    kn_tensor *d = kn_sub(kn_softmax(x, 1), kn_one_hot(IN(1), x->shape[1], x->dtype));
     SET(0, kn_mul(d, loss_rows(n, g, x)));
     return 0;
 }

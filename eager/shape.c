@@ -516,6 +516,40 @@ kn_tensor *kn_gather(kn_tensor *x, int dim, kn_tensor *index) {
     return kn__record(KN_OP_gather, out, (kn_tensor *[]){x, index}, 2, &(kn_params){.i = {dim}});
 }
 
+kn_tensor *kn_one_hot(kn_tensor *target, int64_t num_classes, kn_dtype dt) {
+    KN_CHECK("kn_one_hot", target);
+    if (!index_dtype_ok("kn_one_hot", target)) return NULL;
+    if (num_classes < 0) return kn__error("kn_one_hot: num_classes is %lld (pass the class count)", (long long)num_classes);
+    if ((unsigned)dt >= KN_DTYPE_COUNT) return kn__error("kn_one_hot: unknown dtype %d", (int)dt);
+    if (target->ndim >= KN_MAX_DIMS)
+        return kn__error("kn_one_hot: target has %d dims; the result would exceed %d", target->ndim, KN_MAX_DIMS);
+    kn_tensor *t = kn_contiguous(target), *out = NULL;
+    if (!t) return NULL;
+    int64_t n = kn__tnumel(t), shape[KN_MAX_DIMS];
+    const char *tv = kn__ptr(t);
+    for (int64_t i = 0; i < n; i++) {  /* checked first: a bad class makes nothing */
+        int64_t c = t->dtype == KN_I32 ? ((const int32_t *)tv)[i] : ((const int64_t *)tv)[i];
+        if (c < 0 || c >= num_classes) {
+            kn__error("kn_one_hot: class %lld at element %lld is out of range for %lld classes", (long long)c,
+                      (long long)i, (long long)num_classes);
+            goto done;
+        }
+    }
+    memcpy(shape, target->shape, (size_t)target->ndim * sizeof *shape);
+    shape[target->ndim] = num_classes;
+    if (!(out = kn__alloc(shape, target->ndim + 1, dt))) goto done;
+    size_t esz = kn_dtype_size(dt);
+    char *o = kn__ptr(out);
+    memset(o, 0, (size_t)(n * num_classes) * esz);  /* zero bits are 0 in every dtype */
+    for (int64_t i = 0; i < n; i++) {
+        int64_t c = t->dtype == KN_I32 ? ((const int32_t *)tv)[i] : ((const int64_t *)tv)[i];
+        kn__store(o + (size_t)(i * num_classes + c) * esz, dt, 1.0);
+    }
+done:
+    kn__drop(t);
+    return out ? kn__record(KN_OP_one_hot, out, &target, 1, &(kn_params){.i = {num_classes}}) : NULL;
+}
+
 static int64_t index_at(const kn_tensor *index, int64_t j) {
     const char *p = kn__ptr(index);
     int64_t st = index->ndim ? index->strides[0] : 0;

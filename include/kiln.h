@@ -156,6 +156,9 @@ kn_tensor *kn_cat(kn_tensor *const *xs, int n, int dim);
 kn_tensor *kn_stack(kn_tensor *const *xs, int n, int dim);
 kn_tensor *kn_gather(kn_tensor *x, int dim, kn_tensor *index);
 kn_tensor *kn_index_select(kn_tensor *x, int dim, kn_tensor *index);
+/* target [...] of class indices (i32 or i64) in [0, num_classes) -> [..., num_classes]
+ * of dtype dt: 1 at each target's class, 0 elsewhere (PyTorch's F.one_hot). */
+kn_tensor *kn_one_hot(kn_tensor *target, int64_t num_classes, kn_dtype dt);
 
 /* ---- nn primitives ---- */
 kn_tensor *kn_matmul(kn_tensor *a, kn_tensor *b);   /* 1-D, 2-D, batched with broadcast */

@@ -62,6 +62,7 @@ OP(o_gather, kn_gather(in[0], 1, kn_cast(kn_gt(in[1], in[0]), KN_I64)))
 OP(o_index_select, kn_index_select(in[0], 1, kn_arange(0, 3, 1, KN_I64)))
 OP(o_scatter_add, kn_scatter_add(in[0], 1, kn_cast(kn_gt(in[1], in[0]), KN_I64), in[1]))
 OP(o_index_add, kn_index_add(in[0], 0, kn_arange(0, 4, 1, KN_I64), in[1]))
+OP(o_one_hot, kn_mul(kn_one_hot(kn_argmax(in[1], 1, false), 6, KN_F32), in[0]))
 OP(o_matmul, kn_matmul(in[0], kn_transpose(in[1], 0, 1)))
 OP(o_linear, kn_linear(in[0], in[1], kn_sum(in[1], KN_DIMS(1), false)))
 OP(o_softmax, kn_softmax(in[0], 1))
@@ -80,7 +81,7 @@ static const struct { const char *name; op1 f; } ops[] = {
     E(pow_scalar), E(maximum), E(minimum), E(cmp), E(eqne), E(where), E(sum), E(mean), E(max),
     E(min), E(var), E(lse), E(argmax), E(argmin), E(reshape), E(transpose), E(permute), E(slice),
     E(expand), E(squeeze), E(cat), E(stack), E(gather), E(index_select), E(scatter_add),
-    E(index_add), E(matmul), E(linear), E(softmax), E(log_softmax), E(layer_norm),
+    E(index_add), E(one_hot), E(matmul), E(linear), E(softmax), E(log_softmax), E(layer_norm),
     E(cross_entropy), E(nll), E(mse), E(conv), E(pool),
 };
 

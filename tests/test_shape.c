@@ -797,6 +797,41 @@ Test(shape, index_select_errors) {
     EXPECT_ERR(kn_index_select(x, 0, NULL), "kn_index_select");
 }
 
+/* ---- one_hot ---- */
+Test(shape, one_hot_against_loops) {
+    kn_tensor *t = TI64(KN_SHAPE(5), 0, 2, 1, 2, 0);
+    kn_tensor *r = OK(kn_one_hot(t, 3, KN_F32));
+    ASSERT_SHAPE(r, 5, 3);
+    cr_assert_eq(kn_dtype_of(r), KN_F32);
+    ASSERT_VALUES(r, 1, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 1, 1, 0, 0);
+    /* i32 targets of any rank (a transposed view), other dtypes */
+    kn_tensor *t2 = kn_transpose(kn_cast(TI64(KN_SHAPE(2, 3), 3, 0, 1, 1, 2, 3), KN_I32), 0, 1);
+    for (kn_dtype dt = KN_F32; dt < KN_DTYPE_COUNT; dt++) {
+        kn_tensor *r2 = OK(kn_one_hot(t2, 4, dt));
+        ASSERT_SHAPE(r2, 3, 2, 4);
+        cr_assert_eq(kn_dtype_of(r2), dt);
+        for (int64_t i = 0; i < 3; i++)
+            for (int64_t j = 0; j < 2; j++)
+                for (int64_t c = 0; c < 4; c++)
+                    cr_assert_eq(at(r2, (i * 2 + j) * 4 + c), at(t2, i * 2 + j) == c ? 1.0 : 0.0,
+                                 "%s [%lld,%lld,%lld]", kn_dtype_name(dt), (long long)i, (long long)j, (long long)c);
+    }
+    kn_tensor *s = OK(kn_one_hot(OK(kn_scalar(1, KN_I64)), 2, KN_F64));  /* 0-dim target */
+    ASSERT_SHAPE(s, 2);
+    ASSERT_VALUES(s, 0, 1);
+    ASSERT_SHAPE(OK(kn_one_hot(OK(kn_zeros(KN_SHAPE(0), KN_I64)), 0, KN_F32)), 0, 0);
+}
+
+Test(shape, one_hot_errors) {
+    EXPECT_ERR(kn_one_hot(TI64(KN_SHAPE(3), 0, 3, 1), 3, KN_F32),
+               "kn_one_hot: class 3 at element 1 is out of range for 3 classes");
+    EXPECT_ERR(kn_one_hot(TI64(KN_SHAPE(2), 0, -1), 3, KN_F32), "kn_one_hot: class -1 at element 1");
+    EXPECT_ERR(kn_one_hot(TF64(KN_SHAPE(1), 0), 3, KN_F32), "kn_one_hot: index must be i64 or i32 (got f64)");
+    EXPECT_ERR(kn_one_hot(TI64(KN_SHAPE(1), 0), -1, KN_F32), "kn_one_hot: num_classes is -1");
+    EXPECT_ERR(kn_one_hot(TI64(KN_SHAPE(1), 0), 2, (kn_dtype)99), "kn_one_hot: unknown dtype 99");
+    EXPECT_ERR(kn_one_hot(NULL, 2, KN_F32), "kn_one_hot");
+}
+
 Test(shape, null_keeps_first_error) {
     kn_tensor *x = seq(KN_F32, KN_SHAPE(2, 3));
     kn_tensor *r = kn_contiguous(kn_transpose(kn_unsqueeze(kn_reshape(x, KN_SHAPE(5)), 0), 0, 1));

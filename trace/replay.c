@@ -62,6 +62,7 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
     case KN_OP_index_select: return kn_index_select(a[0], (int)p->i[0], a[1]);
     case KN_OP_scatter_add: return kn_scatter_add(a[0], (int)p->i[0], a[1], a[2]);
     case KN_OP_index_add: return kn_index_add(a[0], (int)p->i[0], a[1], a[2]);
+    case KN_OP_one_hot: return kn_one_hot(a[0], p->i[0], outv->dtype);
     case KN_OP_matmul: return kn_matmul(a[0], a[1]);
     case KN_OP_linear: return kn_linear(a[0], a[1], n->nin > 2 ? a[2] : NULL);
     case KN_OP_linear_relu: return kn__linear_relu(a[0], a[1], n->nin > 2 ? a[2] : NULL);
