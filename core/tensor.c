@@ -145,8 +145,8 @@ uint64_t kn__sys_allocs(void) { return sys_allocs; }
 uint64_t kn__tensor_mallocs(void) { return tensor_mallocs; }
 uint64_t kn__cache_locks(void) { return cache_locks; }
 
-/* Memory the allocator keeps for reuse (arena slots, cached tensor structs)
- * is poisoned under ASan, so a use after release is still reported. */
+/* Memory the allocator keeps for reuse (arena slots and bins, cached blocks
+ * and tensor structs) is poisoned under ASan, so a use after release is still reported. */
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer)
 #define KN_ASAN 1
@@ -176,6 +176,9 @@ static struct {
     size_t bytes;
 } cache = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
+/* A storage's header takes the first bytes of its own block. */
+#define STORAGE_HEAD round_up(sizeof(kn_storage))
+
 /* Best-fit cached block of at least total bytes and at most twice that. */
 static kn_storage *cache_take(size_t total) {
     if (total < CACHE_MIN) return NULL;
@@ -195,11 +198,14 @@ static kn_storage *cache_take(size_t total) {
         cache.bytes -= s->capacity;
     }
     pthread_mutex_unlock(&cache.lock);
+    if (s) UNPOISON((char *)s + STORAGE_HEAD, s->capacity - STORAGE_HEAD);
     return s;
 }
 
+/* A kept block is poisoned (it may come poisoned already: an arena's bin). */
 static bool cache_put(kn_storage *s) {
     if (s->capacity < CACHE_MIN) return false;
+    POISON((char *)s + STORAGE_HEAD, s->capacity - STORAGE_HEAD);
     bool kept = false;
     pthread_mutex_lock(&cache.lock);
     cache_locks++;
@@ -227,9 +233,6 @@ static void mem_add(int64_t n) {
     int64_t now = atomic_fetch_add(&mem_in_use, n) + n, p = atomic_load(&mem_peak);
     while (now > p && !atomic_compare_exchange_weak(&mem_peak, &p, now)) {}
 }
-
-/* A storage's header takes the first bytes of its own block. */
-#define STORAGE_HEAD round_up(sizeof(kn_storage))
 
 static void storage_free(kn_storage *s) {
     if (!cache_put(s)) free(s);
