@@ -475,6 +475,27 @@ Test(data, loader_visits_every_row_once_per_epoch) {
     kn_loader_free(l);
 }
 
+/* Rows of 3 KiB in batches of 64: the threads gather a batch between them. */
+Test(data, loader_gathers_wide_rows_on_threads) {
+    const int64_t n = 300, c = 784;
+    kn_tensor *x = kn_empty(KN_SHAPE(n, c), KN_F32), *y = kn_arange(0, (double)n, 1, KN_I64);
+    float *xp = kn_data(x);
+    for (int64_t i = 0; i < n * c; i++) xp[i] = (float)(i / c) + (float)(i % c) * 1e-3f;
+    kn_loader *l = kn_loader_new(x, y, 64, true, false, 7);
+    kn_tensor *xb, *yb;
+    int64_t seen = 0;
+    while (kn_loader_next(l, &xb, &yb)) {
+        const float *bp = kn_data(xb);
+        const int64_t *yp = kn_data(yb);
+        for (int64_t i = 0; i < kn_shape(xb)[0]; i++, seen++)
+            cr_assert(memcmp(bp + i * c, xp + yp[i] * c, (size_t)c * sizeof *bp) == 0, "row %lld of batch", (long long)i);
+        kn_release(xb);
+        kn_release(yb);
+    }
+    cr_assert_eq(seen, n);
+    kn_loader_free(l);
+}
+
 Test(data, loader_reproducible_per_seed) {
     kn_tensor *x, *y;
     make_rows(50, &x, &y);
