@@ -502,6 +502,14 @@ Test(passes, scalar_chains_run_as_one_node_and_match_eager_bitwise) {
     cr_assert_eq(count_in_plan(f, "pow("), 0, "no 0-d op left on its own");
     cr_assert_eq(kn_item(traced.t[0]), 6.0);
     kn_fn_free(f);
+    /* KN_SHADOW=1 compares each value the chain stores with eager's */
+    setenv("KN_SHADOW", "1", 1);
+    kn_tensor *out;
+    f = kn_function("bias_shadowed", bias_body, &traced, 1, 1, NULL);
+    for (int call = 0; call < 3; call++) cr_assert_eq(kn_call(f, &x, &out), 0, "%s", kn_last_error());
+    cr_assert_eq(count_in_plan(f, "scalars<"), 1);
+    cr_assert_eq(kn_fn_stats(f).shadow_mismatches, 0, "%s", kn_fn_stats(f).shadow_report);
+    kn_fn_free(f);
 }
 
 /* s and s2 are two tensors on one storage: b reads s2 after the write into
