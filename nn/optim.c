@@ -143,8 +143,10 @@ typedef struct {
 ADAM_RANGE(adam_f32, float, kn_s_sqrt_f32)
 ADAM_RANGE(adam_f64, double, kn_s_sqrt_f64)
 
+/* A 0-d parameter is left to the ops: paired with the 0-d f64 factors, its
+ * ops compute in f64 (the promotion of two 0-d tensors), not in its dtype. */
 static bool fusable(const kn_tensor *p, const kn_tensor *g, const kn_tensor *m) {
-    return !kn__trace && (p->dtype == KN_F32 || p->dtype == KN_F64) && g->dtype == p->dtype &&
+    return !kn__trace && p->ndim > 0 && (p->dtype == KN_F32 || p->dtype == KN_F64) && g->dtype == p->dtype &&
            kn_is_contiguous(p) && kn_is_contiguous(g) && kn_is_contiguous(m) && kn__tnumel(g) == kn__tnumel(p) &&
            g->storage != p->storage;
 }

@@ -268,6 +268,39 @@ Test(optim, fused_adam_is_its_ops_bit_for_bit) {
         }
 }
 
+/* Twelve parameters, one of them 0-d (left to the ops: its ops compute in
+ * f64), through Adam and AdamW: each traced step's bias corrections are
+ * scalar chains reading more values than one node may take (they split). */
+Test(optim, many_parameters_and_a_0d_one_match_traced_bit_for_bit) {
+    make_fn makers[] = {mk_adam, mk_adamw};
+    for (int k = 0; k < 2; k++) {
+        kn_tensor *a[12], *b[12], *w[12];
+        for (int i = 0; i < 12; i++) {
+            kn_tensor *base = i == 5 ? kn_scalar(0.0312345, KN_F32) : kn_randn(KN_SHAPE(3 + i, 2), KN_F32);
+            a[i] = kn_set_requires_grad(kn_cast(base, KN_F32), true);
+            b[i] = kn_set_requires_grad(kn_cast(base, KN_F32), true);
+            w[i] = kn_randn(kn_shape(base), kn_ndim(base), KN_F32);
+        }
+        kn_optim *oa = makers[k](a, 12), *ob = makers[k](b, 12);
+        kn_fn *f = kn_function("adam_many", step_body, ob, 0, 1, NULL);
+        for (int s = 0; s < 4; s++) {
+            kn_pool_push();
+            kn_tensor *out;
+            for (int i = 0; i < 12; i++) {
+                grad_of(a[i], kn_mul_scalar(w[i], s + 1));
+                grad_of(b[i], kn_mul_scalar(w[i], s + 1));
+            }
+            cr_assert_eq(kn_optim_step(oa), 0, "%s", kn_last_error());
+            cr_assert_eq(kn_call(f, NULL, &out), 0, "%s", kn_last_error());
+            for (int i = 0; i < 12; i++) assert_equal(a[i], b[i]);
+            kn_pool_pop();
+        }
+        kn_fn_free(f);
+        kn_optim_free(oa);
+        kn_optim_free(ob);
+    }
+}
+
 /* torch: q = [1, -2] gets gradient e = [0.5, -0.25] from step 3 on (script). */
 Test(optim, adam_step_count_is_per_parameter) {
     static const double want[5][2] = {{1, -2}, {1, -2}, {0.90000000199999997, -1.9000000039999998},

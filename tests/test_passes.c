@@ -512,6 +512,28 @@ Test(passes, scalar_chains_run_as_one_node_and_match_eager_bitwise) {
     kn_fn_free(f);
 }
 
+/* 100 distinct 0-d captures summed: a chain takes at most KN_NODE_MAX_IN
+ * values from outside, so this is several chains. */
+static int wide_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    kn_tensor **c = ctx, *acc = kn_mul_scalar(c[0], 1.5);
+    for (int i = 1; i < 100; i++) acc = kn_add(acc, c[i]);
+    out[0] = kn_mul(in[0], kn_cast(acc, KN_F32));
+    return out[0] ? 0 : -1;
+}
+
+Test(passes, scalar_chains_split_where_their_inputs_would_not_fit) {
+    kn_tensor *c[100], *x = kn_randn(KN_SHAPE(4), KN_F32), *want, *got;
+    for (int i = 0; i < 100; i++) c[i] = kn_scalar(0.01 * i - 0.3, KN_F64);
+    kn_fn *f = kn_function("wide", wide_body, c, 1, 1, NULL);
+    for (int call = 0; call < 3; call++) {
+        cr_assert_eq(wide_body(c, &x, &want), 0);
+        cr_assert_eq(kn_call(f, &x, &got), 0, "%s", kn_last_error());
+        assert_equal(got, want);
+    }
+    cr_assert_geq(count_in_plan(f, "scalars<"), 2);
+    kn_fn_free(f);
+}
+
 /* s and s2 are two tensors on one storage: b reads s2 after the write into
  * s, so it must not run before the write (write forwarding does not see
  * through s2). u reads a sum, so it stays after the sum. */

@@ -126,7 +126,12 @@ void kn__fuse_apply(plan *pl, kn_fuse_job *j, const int *outs, int nout);
 void kn__fuse_job_free(kn_fuse_job *j);
 /* Runs an N_FUSED node on its operands: the result, or NULL with an error. */
 void kn__fused_free(struct kn_fused *f);
-/* Runs of 0-d float ops become N_SCALARS nodes (trace/scalars.c). */
+/* The most operands a replayed node passes to its op (replay.c's args). */
+#define KN_NODE_MAX_IN 64
+/* Runs of 0-d float ops become N_SCALARS nodes (trace/scalars.c); a chain
+ * reads at most KN_NODE_MAX_IN values from outside and has at most
+ * KN_SCALARS_MAX_OPS ops. */
+#define KN_SCALARS_MAX_OPS 256
 void kn__plan_scalars(plan *pl, const int *outs, int nout);
 /* Runs N_SCALARS node n: res[e] gets the e-th value kn__scalars_outs names. */
 int kn__scalars_run(const char *name, const tnode *n, kn_tensor **args, kn_tensor **res);

@@ -97,7 +97,7 @@ static bool same_node(const kn_trace *tr, const tnode *a, const tnode *b) {
 /* Evaluates a node whose inputs are all constants; the new constant's id, or -1. */
 static int fold(kn_trace *tr, const tnode *n) {
     if (n->nin == 0 || is_random(n->op)) return -1;
-    kn_tensor *args[64];
+    kn_tensor *args[KN_NODE_MAX_IN];
     for (int j = 0; j < n->nin; j++) {
         if (n->in[j] >= 0 && tr->vals[n->in[j]].kind != V_CONST) return -1;
         args[j] = n->in[j] >= 0 ? tr->vals[n->in[j]].t : NULL;

@@ -118,7 +118,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
     if (tr->has_backward) kn_no_grad_begin();
     for (int k = 0; k < tr->nnodes && rc == 0; k++) {
         const tnode *n = &tr->nodes[k];
-        kn_tensor *args[64];
+        kn_tensor *args[KN_NODE_MAX_IN];
         for (int j = 0; j < n->nin; j++) args[j] = n->in[j] >= 0 ? v[n->in[j]] : NULL;
         switch (n->kind) {
         case N_OP:

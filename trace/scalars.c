@@ -74,14 +74,31 @@ static bool apart(const kn_trace *tr, const bool *member, int u, int w) {
            (p->kind == N_OP && kn_op_table[p->op].kind != KN_KIND_VIEW);
 }
 
+/* Adds the values n reads from outside the chain to ext[*next]; false,
+ * adding none, when they would not fit the node's operands. */
+static bool outside_fit(const kn_trace *tr, const tnode *n, const bool *member, int *ext, int *next) {
+    int add[2], nadd = 0;
+    for (int j = 0; j < n->nin; j++) {
+        int v = n->in[j];
+        bool known = tr->vals[v].kind == V_NODE && member[tr->vals[v].index];
+        for (int i = 0; i < *next && !known; i++) known = ext[i] == v;
+        for (int i = 0; i < nadd && !known; i++) known = add[i] == v;
+        if (!known) add[nadd++] = v;
+    }
+    if (*next + nadd > KN_NODE_MAX_IN) return false;
+    for (int i = 0; i < nadd; i++) ext[(*next)++] = add[i];
+    return true;
+}
+
 /* Marks the chain that starts at node `first`; returns its last node. It
  * runs at `first`, so it takes the scalar nodes that follow up to the next
  * effect other than a write, passing over other ops, when they read nothing
  * those ops make and nothing the writes passed over may change. */
 static int chain_of(const kn_trace *tr, int first, const bool *dead, bool *member, bool *later) {
-    int last = first, nwrites = 0, writes[64];
+    int last = first, nwrites = 0, writes[64], members = 1, next = 0, ext[KN_NODE_MAX_IN];
     member[first] = true;
-    for (int k = first + 1; k < tr->nnodes; k++) {
+    if (!outside_fit(tr, &tr->nodes[first], member, ext, &next)) return first;
+    for (int k = first + 1; k < tr->nnodes && members < KN_SCALARS_MAX_OPS; k++) {
         const tnode *n = &tr->nodes[k];
         if (dead[k]) continue;  /* in an earlier chain, which runs before this one */
         if (n->kind == N_WRITE && nwrites < 64) {
@@ -95,7 +112,8 @@ static int chain_of(const kn_trace *tr, int first, const bool *dead, bool *membe
             ok = !(v->kind == V_NODE && later[v->index]);
             for (int w = 0; ok && w < nwrites; w++) ok = apart(tr, member, n->in[j], writes[w]);
         }
-        if (ok) member[last = k] = true;
+        if (ok && !outside_fit(tr, n, member, ext, &next)) break;  /* the chain's inputs are full */
+        if (ok) member[last = k] = true, members++;
         else later[k] = true;  /* stays where it is, and so do the ops reading it */
     }
     return last;
