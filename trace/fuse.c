@@ -505,6 +505,44 @@ static bool plan_group(const kn_trace *tr, const int *group, int root, const ncl
     return true;
 }
 
+/* Node k leaves group r, and so do the members that feed it (their values
+ * are read by k alone) and the extra outputs they make. */
+static void eject(const kn_trace *tr, int *group, extras *x, int k, int r) {
+    group[k] = -1;
+    for (int e = 0; e < x->n; e++)
+        if (x->val[e] == tr->nodes[k].out) {
+            x->n--;
+            x->val[e] = x->val[x->n], x->write[e] = x->write[x->n], x->from[e] = x->from[x->n];
+            e--;
+        }
+    for (int j = 0; j < tr->nodes[k].nin; j++) {
+        int u = tr->nodes[k].in[j];
+        if (u >= 0 && tr->vals[u].kind == V_NODE && group[tr->vals[u].index] == r) eject(tr, group, x, tr->vals[u].index, r);
+    }
+}
+
+/* A group runs at its root's place, so its members read their operands
+ * there. A member reading a value that a write in between may change (a
+ * capture on the storage of the write's target) leaves the group. Writes
+ * of the group's own extra outputs move after the root: they do not count. */
+static bool keep_reads_before_writes(const kn_trace *tr, int *group, extras *xs) {
+    int *roots = kn__storage_roots(tr);
+    if (!roots) return false;
+    for (int k = tr->nnodes - 1; k >= 0; k--) {
+        int r = group[k];
+        bool hit = false;
+        for (int w = k + 1; r > k && w < r && !hit; w++) {
+            bool moved = false;
+            for (int e = 0; e < xs[r].n; e++) moved |= xs[r].write[e] == w;
+            for (int j = 0; tr->nodes[w].kind == N_WRITE && !moved && j < tr->nodes[k].nin && !hit; j++)
+                hit = kn__write_may_touch(tr, roots, w, tr->nodes[k].in[j]);
+        }
+        if (hit) eject(tr, group, &xs[r], k, r);
+    }
+    free(roots);
+    return true;
+}
+
 kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
     const kn_trace *tr = pl->tr;
     const char *e = getenv("KN_JIT");
@@ -557,6 +595,8 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
     }
     for (int i = 0; i < n; i++) j->group[i] = cls[i] != C_NONE ? find(parent, i) : -1;
     for (int r = 0; r < n; r++) merge_extras(tr, j->group, cls, uses, r, xs, parent);  /* parent: scratch now */
+    if (!keep_reads_before_writes(tr, j->group, xs))
+        for (int i = 0; i < n; i++) j->group[i] = -1;  /* no memory to check: no fusion */
     for (int i = 0; i < n; i++) {
         /* The group's last member is its root: the value the rest feeds. */
         if (j->group[i] != i) continue;

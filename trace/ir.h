@@ -119,6 +119,11 @@ void kn__plan_fuse(plan *pl, const int *outs, int nout);
  * between reads or writes anything that may share its target's storage, and
  * none is a kn_cond. The target is a capture. */
 bool kn__write_can_defer(const kn_trace *tr, int w, int to);
+/* Per value of tr, the capture whose storage it may share, for
+ * kn__write_may_touch (malloc'd; NULL without memory). */
+int *kn__storage_roots(const kn_trace *tr);
+/* Write node w may change what value u holds. */
+bool kn__write_may_touch(const kn_trace *tr, const int *roots, int w, int u);
 typedef struct kn_fuse_job kn_fuse_job;
 kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout);
 void kn__fuse_compile(kn_fuse_job *j);

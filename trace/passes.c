@@ -282,6 +282,21 @@ static void drop_dead_writes(const kn_trace *tr, int *root, bool *dead) {
     }
 }
 
+int *kn__storage_roots(const kn_trace *tr) {
+    int *root = malloc(((size_t)tr->nvals + 1) * sizeof *root);
+    if (!root) return NULL;
+    root_of_leaves(tr, root);
+    for (int i = 0; i < tr->nnodes; i++) root_of_results(&tr->nodes[i], root);
+    return root;
+}
+
+bool kn__write_may_touch(const kn_trace *tr, const int *root, int w, int u) {
+    int x = tr->nodes[w].in[0];
+    if (u < 0) return false;
+    if (x >= 0 && tr->vals[x].kind == V_CAPTURE) return may_alias(tr, root, u, x);
+    return root[u] != ROOT_FRESH;  /* an input or a gradient: whatever is not fresh may be it */
+}
+
 bool kn__write_can_defer(const kn_trace *tr, int w, int to) {
     const tnode *wn = &tr->nodes[w];
     if (wn->kind != N_WRITE || wn->in[0] < 0 || tr->vals[wn->in[0]].kind != V_CAPTURE || to <= w ||
