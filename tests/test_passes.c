@@ -590,3 +590,84 @@ Test(passes, scalar_chains_keep_reads_after_writes_and_the_ops_they_read) {
     cr_assert_eq(count_in_plan(f, "scalars<"), 3);
     kn_fn_free(f);
 }
+
+/* ---- random bodies: traced vs eager, bit for bit ----
+ * Programs of 0-d ops over six captures (two pairs share storage), with
+ * in-place writes, sums of the input and casts between them: they exercise
+ * write forwarding, dead writes, scalar chains and fusion against the
+ * order eager runs them in. A seed that differs names itself. */
+#define RB_CAPS 6
+#define RB_OPS 40
+typedef struct { int kind, a, b, op; } rb_ins;
+typedef struct { kn_tensor *cap[RB_CAPS]; rb_ins prog[RB_OPS]; int n; } rb_state;
+
+static kn_tensor *rb_binary(int op, kn_tensor *a, kn_tensor *b) {
+    switch (op) {
+    case 0: return kn_add(a, b);
+    case 1: return kn_mul(a, b);
+    case 2: return kn_sub(a, b);
+    case 3: return kn_div(a, kn_add_scalar(kn_abs(b), 1));
+    case 4: return kn_add_scalar(kn_mul_scalar(a, 0.7), 0.3);
+    default: return kn_sqrt(kn_abs(a));
+    }
+}
+
+static int rb_body(void *ctx, kn_tensor *const *in, kn_tensor **out) {
+    rb_state *s = ctx;
+    kn_tensor *v[RB_OPS + RB_CAPS];
+    int nv = 0;
+    for (int i = 0; i < RB_CAPS; i++) v[nv++] = s->cap[i];
+    for (int i = 0; i < s->n; i++) {
+        const rb_ins *p = &s->prog[i];
+        kn_tensor *a = v[p->a % nv], *b = v[p->b % nv], *cap = s->cap[p->a % RB_CAPS];
+        switch (p->kind) {
+        case 0: v[nv++] = rb_binary(p->op, a, b); break;
+        case 1: if (kn_copy_(cap, b)) return -1; break;
+        case 2: if (kn_add_(cap, b)) return -1; break;
+        case 3: v[nv++] = kn_cast(kn_sum(in[0], KN_ALL_DIMS, false), p->op & 1 ? KN_F64 : KN_F32); break;
+        default: v[nv++] = kn_cast(a, p->op & 1 ? KN_F64 : KN_F32); break;
+        }
+        if (!v[nv - 1]) return -1;
+    }
+    kn_tensor *acc = kn_cast(v[nv - 1], KN_F64);
+    for (int i = nv - 2; i >= RB_CAPS && i > nv - 6; i--) acc = kn_add(acc, v[i]);
+    out[0] = kn_mul(in[0], kn_cast(acc, KN_F32));
+    return out[0] ? 0 : -1;
+}
+
+static void rb_captures(kn_tensor **c) {
+    kn_tensor *b64 = kn_full(KN_SHAPE(1), 1.25, KN_F64), *b32 = kn_full(KN_SHAPE(1), 0.5, KN_F32);
+    int64_t none[1] = {0};
+    c[0] = kn_reshape(b64, none, 0), c[1] = kn_reshape(b64, none, 0);  /* one storage */
+    c[2] = kn_reshape(b32, none, 0), c[3] = kn_reshape(b32, none, 0);  /* another */
+    c[4] = kn_scalar(0.75, KN_F64), c[5] = kn_scalar(-0.3, KN_F32);
+}
+
+Test(passes, random_bodies_with_shared_storage_match_eager, .timeout = 120) {
+    for (unsigned seed = 0; seed < 10000; seed++) {
+        kn_pool_push();
+        srand(seed);
+        rb_state e, t;
+        rb_captures(e.cap);
+        rb_captures(t.cap);
+        e.n = t.n = 8 + rand() % (RB_OPS - 8);
+        for (int i = 0; i < e.n; i++) {
+            int r = rand() % 10;
+            rb_ins p = {r < 5 ? 0 : r < 7 ? 1 : r < 8 ? 2 : r < 9 ? 3 : 4, rand(), rand(), rand() % 6};
+            e.prog[i] = t.prog[i] = p;
+        }
+        kn_tensor *x = kn_randn(KN_SHAPE(5), KN_F32);
+        kn_fn *f = kn_function("random_body", rb_body, &t, 1, 1, NULL);
+        for (int call = 0; call < 4; call++) {
+            kn_tensor *want, *got;
+            cr_assert_eq(rb_body(&e, &x, &want), 0, "seed %u: %s", seed, kn_last_error());
+            cr_assert_eq(kn_call(f, &x, &got), 0, "seed %u: %s", seed, kn_last_error());
+            cr_assert(memcmp(kn_data(got), kn_data(want), 5 * sizeof(float)) == 0, "seed %u call %d: output", seed, call);
+            for (int i = 0; i < RB_CAPS; i++)
+                cr_assert(memcmp(kn_data(t.cap[i]), kn_data(e.cap[i]), kn_dtype_size(kn_dtype_of(e.cap[i]))) == 0,
+                          "seed %u call %d: capture %d", seed, call, i);
+        }
+        kn_fn_free(f);
+        kn_pool_pop();
+    }
+}
