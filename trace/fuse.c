@@ -274,6 +274,8 @@ static int value(lower *L, const kn_trace *tr, int id) {
     if (L->step_of[id] >= 0) return L->step_of[id];
     float c;
     if (scalar_const(tr, id, &c)) return L->step_of[id] = cst(L, c);
+    /* a comparison's boolean left the group (its reader reads it as f32): no kernel */
+    if (tr->vals[id].ndim > 0 && tr->vals[id].dtype != KN_F32) return L->failed = true, 0;
     if (L->nin == KN_JIT_MAX_OPERANDS - 1) return L->failed = true, 0;
     L->inputs[L->nin] = id;
     return L->step_of[id] = step(L, (kn_jit_step){.kind = KN_JIT_INPUT, .arg = L->nin++});
@@ -392,6 +394,13 @@ static int write_of(const kn_trace *tr, int id, int h, int r) {
     return -1;
 }
 
+/* 1 when node r+1 writes r's result (move_writes keeps it next to r, so
+ * writes moved after r land after it), else 0. */
+static int own_write(const kn_trace *tr, int r) {
+    const tnode *w = r + 1 < tr->nnodes ? &tr->nodes[r + 1] : NULL;
+    return w && w->kind == N_WRITE && w->nin == 2 && w->in[1] == tr->nodes[r].out;
+}
+
 /* Extra outputs. Adam writes m2 = b1*m + (1-b1)*g into m, v2 into v, then
  * p2 = p - step*m2/(sqrt(v2)+eps) into p: three kernels that read g twice
  * and m2, v2 back. A pointwise group absorbs a pointwise group of its
@@ -402,7 +411,7 @@ static int write_of(const kn_trace *tr, int id, int h, int r) {
  * else in the merged group may read that capture (its old value would be
  * gone); otherwise the merge is undone. */
 static void merge_extras(const kn_trace *tr, int *group, const nclass *cls, const int *uses, int r, extras *xs,
-                         int *orig) {
+                         int *orig, const int *roots) {
     extras *x = &xs[r];
     if (group[r] != r || !pointwise_group(group, cls, r)) return;
     const tvalue *dom = &tr->vals[tr->nodes[r].out];
@@ -414,7 +423,7 @@ static void merge_extras(const kn_trace *tr, int *group, const nclass *cls, cons
             if (id < 0 || tr->vals[id].kind != V_NODE || uses[id] != 2) continue;
             int h = tr->vals[id].index, w;
             if (group[h] != h || xs[h].n || !pointwise_group(group, cls, h) || !same_shape(&tr->vals[id], dom) ||
-                (w = write_of(tr, id, h, r)) < 0 || !kn__write_can_defer(tr, w, r))
+                (w = write_of(tr, id, h, r)) < 0 || !kn__write_can_defer(tr, w, r + own_write(tr, r)))
                 continue;
             for (int m = 0; m <= h; m++)
                 if (group[m] == h) group[m] = r;
@@ -427,7 +436,7 @@ static void merge_extras(const kn_trace *tr, int *group, const nclass *cls, cons
         for (int k = 0; k <= r; k++) {
             const tnode *q = &tr->nodes[k];
             bool reads = false;
-            for (int a = 0; a < q->nin; a++) reads |= q->in[a] == tr->nodes[x->write[e]].in[0];
+            for (int a = 0; a < q->nin; a++) reads |= kn__write_may_touch(tr, roots, x->write[e], q->in[a]);
             if (group[k] == r && reads && orig[k] != x->from[e]) {
                 memcpy(group, orig, (size_t)(r + 1) * sizeof *orig);
                 x->n = 0;
@@ -594,7 +603,9 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
         }
     }
     for (int i = 0; i < n; i++) j->group[i] = cls[i] != C_NONE ? find(parent, i) : -1;
-    for (int r = 0; r < n; r++) merge_extras(tr, j->group, cls, uses, r, xs, parent);  /* parent: scratch now */
+    int *roots = kn__storage_roots(tr);
+    for (int r = 0; roots && r < n; r++) merge_extras(tr, j->group, cls, uses, r, xs, parent, roots);  /* parent: scratch now */
+    free(roots);
     if (!keep_reads_before_writes(tr, j->group, xs))
         for (int i = 0; i < n; i++) j->group[i] = -1;  /* no memory to check: no fusion */
     for (int i = 0; i < n; i++) {

@@ -3,6 +3,7 @@
  * dead-code elimination (which also drops the autograd nodes no output or
  * side effect needs) and matmul epilogues. */
 #include "ir.h"
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,7 +30,27 @@ static bool const_all(const kn_trace *tr, int id, double v) {
     return n > 0;
 }
 
+/* A constant whose every element is a zero of this sign: x + (-0) and
+ * x - (+0) give x for every x, x + (+0) turns -0 into +0. */
+static bool const_zero(const kn_trace *tr, int id, bool negative) {
+    if (!const_all(tr, id, 0)) return false;
+    const kn_tensor *t = tr->vals[id].t;
+    size_t sz = kn_dtype_size(t->dtype);
+    for (int64_t i = 0; i < kn__tnumel(t); i++)
+        if (signbit(kn__load((const char *)t->storage->data + (size_t)i * sz, t->dtype)) != negative) return false;
+    return true;
+}
+
 static bool unchanging(const kn_trace *tr, int id);
+
+/* A value that is contiguous at every call: a constant or a computing op's result. */
+static bool contiguous_value(const kn_trace *tr, int id) {
+    const tvalue *v = &tr->vals[id];
+    if (v->kind == V_CONST) return kn_is_contiguous(v->t);
+    if (v->kind != V_NODE) return false;
+    const tnode *m = &tr->nodes[v->index];
+    return m->kind == N_OP && kn_op_table[m->op].kind != KN_KIND_VIEW;
+}
 
 /* x*1, 1*x, x/1, x+0, 0+x, x-0, a cast to x's dtype and a permute undoing
  * a permute give an input unchanged: the value it stands for, or -1. (The
@@ -42,8 +63,13 @@ static int identity_of(const kn_trace *tr, const tnode *n) {
     switch (n->op) {
     case KN_OP_mul: keep = const_all(tr, b, 1) ? a : const_all(tr, a, 1) ? b : -1; break;
     case KN_OP_div: keep = const_all(tr, b, 1) ? a : -1; break;
-    case KN_OP_add: keep = const_all(tr, b, 0) ? a : const_all(tr, a, 0) ? b : -1; break;
-    case KN_OP_sub: keep = const_all(tr, b, 0) ? a : -1; break;
+    case KN_OP_add: {
+        bool fl = out->dtype == KN_F32 || out->dtype == KN_F64;  /* -0 + +0 is +0 */
+        keep = (fl ? const_zero(tr, b, true) : const_all(tr, b, 0)) ? a
+             : (fl ? const_zero(tr, a, true) : const_all(tr, a, 0)) ? b : -1;
+        break;
+    }
+    case KN_OP_sub: keep = const_zero(tr, b, false) ? a : -1; break;
     case KN_OP_cast:  /* a copy; only of a computed value (never a tensor the caller holds) */
         keep = a >= 0 && tr->vals[a].kind == V_NODE && unchanging(tr, a) ? a : -1;
         break;
@@ -58,8 +84,10 @@ static int identity_of(const kn_trace *tr, const tnode *n) {
     }
     default: break;
     }
-    /* Only when nothing about the value changes: dtype and shape included. */
-    return keep >= 0 && same_shape(&tr->vals[keep], out) ? keep : -1;
+    /* Only when nothing about the value changes: dtype and shape included, and
+     * layout (the op's result is contiguous; a reduction or matmul reading a
+     * strided capture, input or view instead adds in another order). */
+    return keep >= 0 && same_shape(&tr->vals[keep], out) && contiguous_value(tr, keep) ? keep : -1;
 }
 
 /* A value no write of the plan can change: a constant or a computed result
