@@ -53,6 +53,8 @@ typedef struct {
     int out;  /* STORE, ROW_STORE: operand written; SUM, MAX: also stored there when >= 0 */
     bool shift; /* MAX whose result only shifts exps (softmax's x - max): NaN need not win
                  * (the sum of exps carries it), so a plain vector max serves */
+    bool mean;  /* SUM divided by the row length in the accumulator's precision
+                 * (double for a cheap summand), as eager's mean divides its sum */
 } kn_jit_phase;
 
 /* Stride classes of the last dim; outputs stored per element are contiguous. */

@@ -55,7 +55,7 @@ static uint32_t *normalize(const kn_jit_desc *d, size_t *nwords) {
         }
     }
     for (int p = 0; p < d->nphases; p++, x += 3) {
-        x[0] = (uint32_t)d->phases[p].kind | (d->phases[p].shift ? 1u << 8 : 0);
+        x[0] = (uint32_t)d->phases[p].kind | (d->phases[p].shift ? 1u << 8 : 0) | (d->phases[p].mean ? 1u << 9 : 0);
         x[1] = (uint32_t)d->phases[p].step;
         x[2] = (uint32_t)d->phases[p].out;
     }
@@ -148,6 +148,8 @@ static bool check(const kn_jit_desc *d) {
                                   d->rows ? "row" : "pointwise", (int)ph->kind);
         } else if (ph->shift && ph->kind != KN_PHASE_MAX) {
             ok = false, kn__error("jit: phase %d: only a max can be a shift", p);
+        } else if (ph->mean && ph->kind != KN_PHASE_SUM) {
+            ok = false, kn__error("jit: phase %d: only a sum can be a mean", p);
         } else if (ph->step < 0 || ph->step >= d->nsteps) {
             ok = false, kn__error("jit: phase %d evaluates step %d of %d", p, ph->step, d->nsteps);
         } else if (stores && (ph->out < d->nin || ph->out >= nops)) {
@@ -352,6 +354,7 @@ static LLVMValueRef build_phase(gen *g, int p, int last, bool short_rows) {
         LLVMValueRef r = LLVMBuildPhi(b, at, "r");
         LLVMValueRef rv[2] = {ident, next_a};
         LLVMAddIncoming(r, rv, in_b, 2);
+        if (ph->mean) r = LLVMBuildFDiv(b, r, LLVMBuildSIToFP(b, g->len, at, ""), "mean");
         LLVMBuildRet(b, at == g->f32 ? r : LLVMBuildFPTrunc(b, r, g->f32, ""));
     } else {
         LLVMBuildRet(b, LLVMConstReal(g->f32, 0.0));

@@ -82,6 +82,7 @@ void kn__jit_print_c(FILE *o, const kn_jit_desc *d, const char *name) {
             fprintf(o, "        for (int64_t c = 0; c < len; c++) {\n");
             print_phase(o, d, p, done, "            ", "c");
             fprintf(o, "        }\n");
+            if (ph->mean) fprintf(o, "        acc%d /= (float)len;  /* in double, when the sum is */\n", p);
         }
         fprintf(o, "    }\n");
     } else {
@@ -170,7 +171,8 @@ static void cuda_row_body(FILE *o, const kn_jit_desc *d, bool *done) {
         fprintf(o, "            for (long long c = threadIdx.x; c < len; c += KN_CUDA_BLOCK) {\n");
         cuda_phase(o, d, p, done, "                ", "c");
         fprintf(o, "            }\n");
-        if (sum) fprintf(o, "            acc%d = (float)kn_block_sum(part, a);\n", p);
+        if (sum && ph->mean) fprintf(o, "            acc%d = (float)(kn_block_sum(part, a) / (double)len);\n", p);
+        else if (sum) fprintf(o, "            acc%d = (float)kn_block_sum(part, a);\n", p);
         if (max) fprintf(o, "            acc%d = kn_block_max(part, a);\n", p);
         /* a reduction's own barriers already order its stores */
         if (!sum && !max && p + 1 < d->nphases)

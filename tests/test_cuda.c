@@ -35,7 +35,7 @@ static const kn_jit_step pw_steps[] = {
     IN(0), IN(1), OP2(add, 0, 1), OP1(tanh, 2), C(0.5f), OP2(mul, 3, 4), OP1(sigmoid, 0), OP2(add, 5, 6),
     OP1(exp, 2),
 };
-static const kn_jit_phase pw_phases[] = {{KN_PHASE_STORE, 7, 2, false}, {KN_PHASE_STORE, 8, 3, false}};
+static const kn_jit_phase pw_phases[] = {{KN_PHASE_STORE, 7, 2, false, false}, {KN_PHASE_STORE, 8, 3, false, false}};
 
 /* softmax as in jit/jit.h: the exponentials (of x - max: exp's non-positive
  * form) are stored, then scaled in place */
@@ -44,7 +44,7 @@ static const kn_jit_step sm_steps[] = {
     C(1.0f), OP2(div, 6, 4), OP2(mul, 5, 7),
 };
 static const kn_jit_phase sm_phases[] = {
-    {KN_PHASE_MAX, 0, -1, true}, {KN_PHASE_SUM, 3, 1, false}, {KN_PHASE_STORE, 8, 1, false},
+    {KN_PHASE_MAX, 0, -1, true, false}, {KN_PHASE_SUM, 3, 1, false, false}, {KN_PHASE_STORE, 8, 1, false, false},
 };
 
 /* y = (x - mean) * rstd * w + b, also storing mean and rstd once per row */
@@ -55,19 +55,19 @@ static const kn_jit_step ln_steps[] = {
     OP2(mul, 4, 10), IN(1), OP2(mul, 11, 12), IN(2), OP2(add, 13, 14),
 };
 static const kn_jit_phase ln_phases[] = {
-    {KN_PHASE_SUM, 0, -1, false}, {KN_PHASE_SUM, 5, -1, false}, {KN_PHASE_STORE, 15, 3, false},
-    {KN_PHASE_ROW_STORE, 3, 4, false}, {KN_PHASE_ROW_STORE, 10, 5, false},
+    {KN_PHASE_SUM, 0, -1, false, false}, {KN_PHASE_SUM, 5, -1, false, false}, {KN_PHASE_STORE, 15, 3, false, false},
+    {KN_PHASE_ROW_STORE, 3, 4, false, false}, {KN_PHASE_ROW_STORE, 10, 5, false, false},
 };
 
 /* max |x| over each row, one value per row */
 static const kn_jit_step mx_steps[] = {IN(0), OP1(abs, 0), ACC(0)};
-static const kn_jit_phase mx_phases[] = {{KN_PHASE_MAX, 1, -1, false}, {KN_PHASE_ROW_STORE, 2, 1, false}};
+static const kn_jit_phase mx_phases[] = {{KN_PHASE_MAX, 1, -1, false, false}, {KN_PHASE_ROW_STORE, 2, 1, false, false}};
 
 /* relu's gradient: where(y > 0, g, 0), the boolean a float inside the kernel */
 static const kn_jit_step wh_steps[] = {
     IN(0), C(0.0f), OP2(gt, 0, 1), IN(1), {.kind = KN_JIT_OP, .op = KN_OP_where, .a = 2, .b = 3, .c = 1},
 };
-static const kn_jit_phase wh_phases[] = {{KN_PHASE_STORE, 4, 2, false}};
+static const kn_jit_phase wh_phases[] = {{KN_PHASE_STORE, 4, 2, false, false}};
 
 static kn_jit_desc pointwise_desc(void) { return DESC(false, 2, 2, pw_steps, pw_phases, 1, 0, 1, 1); }
 static kn_jit_desc softmax_desc(void) { return DESC(true, 1, 1, sm_steps, sm_phases, 1, 1); }

@@ -42,7 +42,7 @@ TestSuite(jit, .init = jit_setup, .fini = jit_teardown);
 
 /* A pointwise kernel storing the last step of a chain over nin inputs. */
 static kn_jit_kernel chain_kernel(const kn_jit_step *s, int n, int nin) {
-    kn_jit_phase ph = {KN_PHASE_STORE, n - 1, nin, false};
+    kn_jit_phase ph = {KN_PHASE_STORE, n - 1, nin, false, false};
     kn_jit_desc d = {.nin = nin, .nout = 1, .steps = s, .nsteps = n, .phases = &ph, .nphases = 1};
     for (int k = 0; k <= nin && k < KN_JIT_MAX_OPERANDS; k++) d.inner[k] = 1;
     return kn__jit_kernel(&d);
@@ -691,6 +691,37 @@ Test(jit, row_kernels_handle_special_values) {
     check_plan(max_rows, &x, 1, 1, 1, 0);
 }
 
+/* Means divide the double sum by the row length before rounding to f32, as
+ * eager does: a row of equal values has its value as mean, so layer_norm
+ * gives exactly its bias there (an f32 division gave up to 1e-4). */
+static kn_tensor *plain_layer_norm(kn_tensor *const *in) { return kn_layer_norm(in[0], 1, in[1], in[2], 1e-5); }
+static kn_tensor *neg_mean(kn_tensor *const *in) { return kn_mean(kn_neg(in[0]), KN_DIMS(1), false); }
+
+Test(jit, row_means_divide_in_double) {
+    kn_tensor *x = kn_randn(KN_SHAPE(6, 9), KN_F32), *w = kn_randn(KN_SHAPE(9), KN_F32), *b = kn_randn(KN_SHAPE(9), KN_F32);
+    float *p = kn_data(x);
+    const float level[3] = {29.941391f, -63.488842f, 1000.3f};  /* f32 sum / 9 missed these by an ulp */
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 9; i++) p[(2 * r) * 9 + i] = level[r];
+    check_plan(plain_layer_norm, (kn_tensor *[]){x, w, b}, 3, 1, 1, 1e-5);
+    check_plan(neg_mean, &x, 1, 1, 1, 1e-6);
+    fn_ctx c[2] = {{plain_layer_norm}, {neg_mean}};
+    kn_tensor *in[3] = {x, w, b}, *got[2], *want[2] = {plain_layer_norm(in), neg_mean(in)};
+    for (int k = 0; k < 2; k++) {
+        kn_fn *f = kn_function("means", run_body, &c[k], k ? 1 : 3, 1, NULL);
+        for (int call = 0; call < 2; call++) cr_assert_eq(kn_call(f, in, &got[k]), 0, "%s", kn_last_error());
+        kn_fn_free(f);
+    }
+    const float *g = kn_data(got[0]), *e = kn_data(want[0]), *bv = kn_data(b), *gm = kn_data(got[1]);
+    for (int r = 0; r < 3; r++) {
+        cr_assert_eq(gm[2 * r], -level[r], "row %d: fused mean %.9g", 2 * r, gm[2 * r]);
+        for (int i = 0; i < 9; i++)
+            cr_assert(g[2 * r * 9 + i] == bv[i] && e[2 * r * 9 + i] == bv[i],
+                      "row %d col %d: fused %.9g, eager %.9g, bias %.9g", 2 * r, i, g[2 * r * 9 + i],
+                      e[2 * r * 9 + i], bv[i]);
+    }
+}
+
 /* One compiled kernel serves every batch size: batch 1 (a new plan, its
  * own signature), 7 and 64 reuse the code compiled for the first. */
 Test(jit, symbolic_sizes_share_one_compiled_kernel) {
@@ -746,7 +777,7 @@ Test(jit, row_kernel_is_vectorized_without_calls) {
 /* Row kernels through the IR directly: empty rows reduce to the identity. */
 Test(jit, empty_rows_reduce_to_zero) {
     kn_jit_step s[] = {IN(0), {.kind = KN_JIT_ACC, .arg = 0}};
-    kn_jit_phase ph[] = {{KN_PHASE_SUM, 0, -1, false}, {KN_PHASE_ROW_STORE, 1, 1, false}};
+    kn_jit_phase ph[] = {{KN_PHASE_SUM, 0, -1, false, false}, {KN_PHASE_ROW_STORE, 1, 1, false, false}};
     kn_jit_desc d = {.rows = true, .nin = 1, .nout = 1, .inner = {1, 0}, .steps = s, .nsteps = 2,
                      .phases = ph, .nphases = 2};
     kn_jit_kernel k = kn__jit_kernel(&d);
@@ -759,37 +790,40 @@ Test(jit, empty_rows_reduce_to_zero) {
 
 Test(jit, invalid_row_kernels_give_errors) {
     kn_jit_step s[] = {IN(0), {.kind = KN_JIT_ACC, .arg = 0}, IN(1)};
-    kn_jit_phase store_acc[] = {{KN_PHASE_STORE, 1, 1, false}};  /* an ACC of a store */
+    kn_jit_phase store_acc[] = {{KN_PHASE_STORE, 1, 1, false, false}};  /* an ACC of a store */
     kn_jit_desc d = {.rows = true, .nin = 1, .nout = 1, .inner = {1, 1}, .steps = s, .nsteps = 2,
                      .phases = store_acc, .nphases = 1};
     EXPECT_ERR(kn__jit_kernel(&d), "not the result of an earlier reduction");
-    kn_jit_phase row_reads[] = {{KN_PHASE_ROW_STORE, 0, 1, false}};
+    kn_jit_phase row_reads[] = {{KN_PHASE_ROW_STORE, 0, 1, false, false}};
     d.phases = row_reads;
     EXPECT_ERR(kn__jit_kernel(&d), "a row store reads no elements");
-    kn_jit_phase pointwise_sum[] = {{KN_PHASE_SUM, 0, -1, false}, {KN_PHASE_STORE, 0, 1, false}};
+    kn_jit_phase pointwise_sum[] = {{KN_PHASE_SUM, 0, -1, false, false}, {KN_PHASE_STORE, 0, 1, false, false}};
     d.rows = false;
     d.nsteps = 1;
     d.phases = pointwise_sum;
     d.nphases = 2;
     EXPECT_ERR(kn__jit_kernel(&d), "pointwise kernel cannot have phase kind");
-    kn_jit_phase into_input[] = {{KN_PHASE_STORE, 0, 0, false}};
+    kn_jit_phase into_input[] = {{KN_PHASE_STORE, 0, 0, false, false}};
     d.phases = into_input;
     d.nphases = 1;
     EXPECT_ERR(kn__jit_kernel(&d), "is not an output");
     d.inner[1] = 0;
-    kn_jit_phase broadcast_store[] = {{KN_PHASE_STORE, 0, 1, false}};
+    kn_jit_phase broadcast_store[] = {{KN_PHASE_STORE, 0, 1, false, false}};
     d.phases = broadcast_store;
     EXPECT_ERR(kn__jit_kernel(&d), "which is not contiguous");
     d.inner[1] = 1;
     d.rows = true;
     d.nsteps = 3;  /* reads the output before anything wrote it */
-    kn_jit_phase early[] = {{KN_PHASE_STORE, 2, 1, false}};
+    kn_jit_phase early[] = {{KN_PHASE_STORE, 2, 1, false, false}};
     d.phases = early;
     EXPECT_ERR(kn__jit_kernel(&d), "reads an output no earlier phase wrote");
-    kn_jit_phase sum_shift[] = {{KN_PHASE_SUM, 0, -1, true}, {KN_PHASE_STORE, 0, 1, false}};
+    kn_jit_phase sum_shift[] = {{KN_PHASE_SUM, 0, -1, true, false}, {KN_PHASE_STORE, 0, 1, false, false}};
     d.phases = sum_shift;
     d.nphases = 2;
     EXPECT_ERR(kn__jit_kernel(&d), "only a max can be a shift");
+    kn_jit_phase max_mean[] = {{KN_PHASE_MAX, 0, -1, false, true}, {KN_PHASE_STORE, 0, 1, false, false}};
+    d.phases = max_mean;
+    EXPECT_ERR(kn__jit_kernel(&d), "only a sum can be a mean");
 }
 
 /* A pointwise kernel writes over an operand that dies at it: the matmul's

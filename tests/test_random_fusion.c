@@ -12,10 +12,10 @@
  * their own order). Without the JIT (KN_JIT=0) every body must agree bit for
  * bit. A seed that differs names itself (cr_log_error) before the assertion.
  *
- * layer_norm is left out: fused kernels compute its mean, variance and rstd
- * in f32 where eager uses double, so rows of equal values give ~1e-4 instead
- * of 0 and |x - mean| > 1.8e19 overflows to 0 (a known gap, issue 5's
- * closing note). */
+ * layer_norm is left out: fused kernels compute its deviations and their
+ * squares in f32 where eager uses double, so |x - mean| > 1.8e19 overflows
+ * and near-constant rows differ by more than rounding (a known gap, issue
+ * 5's closing note). */
 #include "helpers.h"
 #include <math.h>
 #include <stdlib.h>

@@ -265,6 +265,13 @@ static int shift_max(lower *L, int x) {
     return p;
 }
 
+/* A row's mean: a sum the kernel divides by the row length in double. */
+static int mean_sum(lower *L, int x) {
+    int p = phase(L, KN_PHASE_SUM, x, -1);
+    L->ph[p].mean = true;
+    return p;
+}
+
 /* The step of value id: a member's, a constant, or a new input. The
  * output operands' indices are not known yet: OUTPUT_MARK stands for the
  * result's, EXTRA_MARK(e) for extra output e's. */
@@ -315,10 +322,9 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
         break;
     }
     case KN_OP_layer_norm: {
-        int len = step(L, (kn_jit_step){.kind = KN_JIT_ROWLEN});
-        int mean = op2(L, KN_OP_div, acc(L, phase(L, KN_PHASE_SUM, x, -1)), len);
+        int mean = acc(L, mean_sum(L, x));
         int d = op2(L, KN_OP_sub, x, mean);
-        int var = op2(L, KN_OP_div, acc(L, phase(L, KN_PHASE_SUM, op2(L, KN_OP_mul, d, d), -1)), len);
+        int var = acc(L, mean_sum(L, op2(L, KN_OP_mul, d, d)));
         int rstd = op2(L, KN_OP_div, one, op1(L, KN_OP_sqrt, op2(L, KN_OP_add, var, cst(L, (float)n->p.d[0]))));
         r = op2(L, KN_OP_mul, d, rstd);
         if (n->nin > 1 && n->in[1] >= 0) r = op2(L, KN_OP_mul, r, value(L, tr, n->in[1]));
@@ -326,8 +332,7 @@ static void lower_node(lower *L, const kn_trace *tr, const tnode *n) {
         break;
     }
     default: { /* sum, mean, max over the row */
-        int a = acc(L, phase(L, n->op == KN_OP_max ? KN_PHASE_MAX : KN_PHASE_SUM, x, -1));
-        r = n->op == KN_OP_mean ? op2(L, KN_OP_div, a, step(L, (kn_jit_step){.kind = KN_JIT_ROWLEN})) : a;
+        r = acc(L, n->op == KN_OP_mean ? mean_sum(L, x) : phase(L, n->op == KN_OP_max ? KN_PHASE_MAX : KN_PHASE_SUM, x, -1));
         L->row_value[n->out] = true;
         L->step_of[n->out] = r;
         return;
