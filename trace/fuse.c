@@ -428,7 +428,7 @@ static void merge_extras(const kn_trace *tr, int *group, const nclass *cls, cons
             if (id < 0 || tr->vals[id].kind != V_NODE || uses[id] != 2) continue;
             int h = tr->vals[id].index, w;
             if (group[h] != h || xs[h].n || !pointwise_group(group, cls, h) || !same_shape(&tr->vals[id], dom) ||
-                (w = write_of(tr, id, h, r)) < 0 || !kn__write_can_defer(tr, w, r + own_write(tr, r)))
+                (w = write_of(tr, id, h, r)) < 0 || !kn__write_can_defer(tr, roots, w, r + own_write(tr, r)))
                 continue;
             for (int m = 0; m <= h; m++)
                 if (group[m] == h) group[m] = r;
@@ -539,9 +539,7 @@ static void eject(const kn_trace *tr, int *group, extras *x, int k, int r) {
  * there. A member reading a value that a write in between may change (a
  * capture on the storage of the write's target) leaves the group. Writes
  * of the group's own extra outputs move after the root: they do not count. */
-static bool keep_reads_before_writes(const kn_trace *tr, int *group, extras *xs) {
-    int *roots = kn__storage_roots(tr);
-    if (!roots) return false;
+static void keep_reads_before_writes(const kn_trace *tr, const int *roots, int *group, extras *xs) {
     for (int k = tr->nnodes - 1; k >= 0; k--) {
         int r = group[k];
         bool hit = false;
@@ -553,8 +551,6 @@ static bool keep_reads_before_writes(const kn_trace *tr, int *group, extras *xs)
         }
         if (hit) eject(tr, group, &xs[r], k, r);
     }
-    free(roots);
-    return true;
 }
 
 kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
@@ -610,9 +606,10 @@ kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout) {
     for (int i = 0; i < n; i++) j->group[i] = cls[i] != C_NONE ? find(parent, i) : -1;
     int *roots = kn__storage_roots(tr);
     for (int r = 0; roots && r < n; r++) merge_extras(tr, j->group, cls, uses, r, xs, parent, roots);  /* parent: scratch now */
-    free(roots);
-    if (!keep_reads_before_writes(tr, j->group, xs))
+    if (roots) keep_reads_before_writes(tr, roots, j->group, xs);
+    else
         for (int i = 0; i < n; i++) j->group[i] = -1;  /* no memory to check: no fusion */
+    free(roots);
     for (int i = 0; i < n; i++) {
         /* The group's last member is its root: the value the rest feeds. */
         if (j->group[i] != i) continue;

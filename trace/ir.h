@@ -115,15 +115,15 @@ void kn__plan_compact(plan *pl, const bool *dead, const int *outs, int nout);
  * compilation: prepare (the chains), compile (slow: any thread), apply
  * (rewrites the plan; under the function's lock). */
 void kn__plan_fuse(plan *pl, const int *outs, int nout);
-/* Write node w may run right after node `to` instead (w < to): no node in
- * between reads or writes anything that may share its target's storage, and
- * none is a kn_cond. The target is a capture. */
-bool kn__write_can_defer(const kn_trace *tr, int w, int to);
-/* Per value of tr, the capture whose storage it may share, for
- * kn__write_may_touch (malloc'd; NULL without memory). */
+/* Per value of tr, the capture whose storage it may share, for the two
+ * checks below (malloc'd; NULL without memory). */
 int *kn__storage_roots(const kn_trace *tr);
 /* Write node w may change what value u holds. */
 bool kn__write_may_touch(const kn_trace *tr, const int *roots, int w, int u);
+/* Write node w may run right after node `to` instead (w < to): no node in
+ * between reads or writes anything that may share its target's storage, and
+ * none is a kn_cond. The target is a capture. */
+bool kn__write_can_defer(const kn_trace *tr, const int *roots, int w, int to);
 typedef struct kn_fuse_job kn_fuse_job;
 kn_fuse_job *kn__fuse_prepare(const plan *pl, const int *outs, int nout);
 void kn__fuse_compile(kn_fuse_job *j);

@@ -325,22 +325,17 @@ bool kn__write_may_touch(const kn_trace *tr, const int *root, int w, int u) {
     return root[u] != ROOT_FRESH;  /* an input or a gradient: whatever is not fresh may be it */
 }
 
-bool kn__write_can_defer(const kn_trace *tr, int w, int to) {
+bool kn__write_can_defer(const kn_trace *tr, const int *roots, int w, int to) {
     const tnode *wn = &tr->nodes[w];
     if (wn->kind != N_WRITE || wn->in[0] < 0 || tr->vals[wn->in[0]].kind != V_CAPTURE || to <= w ||
         to >= tr->nnodes || !writes_external(tr))
         return false;
-    int *root = malloc(((size_t)tr->nvals + 1) * sizeof *root);
-    if (!root) return false;
-    root_of_leaves(tr, root);
-    for (int i = 0; i < tr->nnodes; i++) root_of_results(&tr->nodes[i], root);
     bool ok = true;
     for (int k = w + 1; k <= to && ok; k++) {
         const tnode *n = &tr->nodes[k];
         ok = n->kind != N_COND;
-        for (int j = 0; j < n->nin && ok; j++) ok = !may_alias(tr, root, n->in[j], wn->in[0]);
+        for (int j = 0; j < n->nin && ok; j++) ok = !kn__write_may_touch(tr, roots, w, n->in[j]);
     }
-    free(root);
     return ok;
 }
 

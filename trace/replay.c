@@ -82,6 +82,18 @@ kn_tensor *kn__op_call(const tnode *n, const tvalue *outv, kn_tensor **a) {
 
 static int64_t bytes_of(const kn_tensor *t) { return t ? kn__tnumel(t) * (int64_t)kn_dtype_size(t->dtype) : 0; }
 
+/* Values ids[0..n) of a node beside its result (a kernel's extra outputs, a
+ * scalar chain's values): into v (and all, in shadow mode); their bytes. */
+static int64_t keep_values(kn_tensor **v, kn_tensor **all, const int *ids, kn_tensor *const *t, int n) {
+    int64_t bytes = 0;
+    for (int e = 0; e < n; e++) {
+        v[ids[e]] = t[e];
+        if (all) all[ids[e]] = kn_retain(t[e]);
+        bytes += bytes_of(t[e]);
+    }
+    return bytes;
+}
+
 /* tv's shape at this call: its symbolic dims take the inputs' sizes. */
 static void shape_now(const tvalue *tv, kn_tensor *const *in, int64_t *shape) {
     for (int d = 0; d < tv->ndim; d++) {
@@ -129,11 +141,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
             int xv[KN_FUSE_MAX_EXTRA], nx = n->kind == N_FUSED ? kn__fused_extras(n, xv) : 0;
             kn_tensor *r = v[n->out] = n->kind == N_FUSED ? kn__fused_run(name, n, &now, args, extra)
                                                            : kn__op_call(n, &now, args);
-            for (int e = 0; r && e < nx; e++) {  /* stored into the captures their (later) writes target */
-                v[xv[e]] = extra[e];
-                if (all) all[xv[e]] = kn_retain(extra[e]);
-                live += bytes_of(extra[e]);
-            }
+            if (r) live += keep_values(v, all, xv, extra, nx);  /* in the captures their (later) writes target */
             if (r && (r->ndim != now.ndim || memcmp(r->shape, now.shape, (size_t)now.ndim * sizeof(int64_t)))) {
                 char b0[KN_SHAPE_BUF], b1[KN_SHAPE_BUF];
                 kn__error("kn_call %s: node %%%d = %s gave %s where the plan expected %s%s", name, n->out,
@@ -156,11 +164,7 @@ int kn__run_plan(const char *name, const plan *pl, int nout, kn_tensor *const *i
                 rc = -1;
                 break;
             }
-            for (int e = 0; e < ns; e++) {
-                v[sv[e]] = res[e];
-                if (all) all[sv[e]] = kn_retain(res[e]);
-                live += bytes_of(res[e]);
-            }
+            live += keep_values(v, all, sv, res, ns);
             peak = live > peak ? live : peak;
             break;
         }

@@ -62,19 +62,6 @@ static bool scalar_node(const kn_trace *tr, const tnode *n) {
     return true;
 }
 
-/* Value u, read after write w, certainly holds no element of w's target:
- * a constant, a chain value, a capture on other storage, or the result of a
- * computing op. */
-static bool apart(const kn_trace *tr, const bool *member, int u, int w) {
-    const tvalue *v = &tr->vals[u], *x = &tr->vals[tr->nodes[w].in[0]];
-    if (v->kind == V_CONST) return true;
-    if (v->kind == V_CAPTURE) return x->kind == V_CAPTURE && v->t->storage != x->t->storage;
-    if (v->kind != V_NODE) return false;
-    const tnode *p = &tr->nodes[v->index];
-    return member[v->index] || p->kind == N_FUSED || p->kind == N_SCALARS ||
-           (p->kind == N_OP && kn_op_table[p->op].kind != KN_KIND_VIEW);
-}
-
 /* Adds the values n reads from outside the chain to ext[*next]; false,
  * adding none, when they would not fit the node's operands. */
 static bool outside_fit(const kn_trace *tr, const tnode *n, const bool *member, int *ext, int *next) {
@@ -95,7 +82,7 @@ static bool outside_fit(const kn_trace *tr, const tnode *n, const bool *member, 
  * runs at `first`, so it takes the scalar nodes that follow up to the next
  * effect other than a write, passing over other ops, when they read nothing
  * those ops make and nothing the writes passed over may change. */
-static int chain_of(const kn_trace *tr, int first, const bool *dead, bool *member, bool *later) {
+static int chain_of(const kn_trace *tr, const int *roots, int first, const bool *dead, bool *member, bool *later) {
     int last = first, nwrites = 0, writes[64], members = 1, next = 0, ext[KN_NODE_MAX_IN];
     member[first] = true;
     if (!outside_fit(tr, &tr->nodes[first], member, ext, &next)) return first;
@@ -111,7 +98,7 @@ static int chain_of(const kn_trace *tr, int first, const bool *dead, bool *membe
         for (int j = 0; ok && j < n->nin; j++) {
             const tvalue *v = &tr->vals[n->in[j]];
             ok = !(v->kind == V_NODE && later[v->index]);
-            for (int w = 0; ok && w < nwrites; w++) ok = apart(tr, member, n->in[j], writes[w]);
+            for (int w = 0; ok && w < nwrites; w++) ok = !kn__write_may_touch(tr, roots, writes[w], n->in[j]);
         }
         if (ok && !outside_fit(tr, n, member, ext, &next)) break;  /* the chain's inputs are full */
         if (ok) member[last = k] = true, members++;
@@ -189,12 +176,13 @@ void kn__plan_scalars(plan *pl, const int *outs, int nout) {
     size_t nn = (size_t)tr->nnodes + 1;
     bool *dead = calloc(nn, 1), *member = calloc(nn, 1), *later = calloc(nn, 1), any = false;
     bool *used_after = calloc((size_t)tr->nvals + 1, 1);
-    if (!dead || !member || !later || !used_after) goto done;
+    int *roots = kn__storage_roots(tr);  /* chains make fresh values only: they stay true */
+    if (!dead || !member || !later || !used_after || !roots) goto done;
     for (int k = 0; k < tr->nnodes; k++) {
         if (dead[k] || !scalar_node(tr, &tr->nodes[k])) continue;
         memset(member, 0, nn);
         memset(later, 0, nn);
-        int last = chain_of(tr, k, dead, member, later), members = 0;
+        int last = chain_of(tr, roots, k, dead, member, later), members = 0;
         for (int i = k; i <= last; i++) members += member[i];
         if (members < 2) continue;  /* a lone op gains nothing */
         /* values read by nodes other than members (writes included), or returned */
@@ -213,6 +201,7 @@ done:
     free(member);
     free(later);
     free(used_after);
+    free(roots);
 }
 
 int kn__scalars_run(const char *name, const tnode *n, kn_tensor **args, kn_tensor **res) {
