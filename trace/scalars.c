@@ -81,11 +81,14 @@ static bool outside_fit(const kn_trace *tr, const tnode *n, const bool *member, 
 /* Marks the chain that starts at node `first`; returns its last node. It
  * runs at `first`, so it takes the scalar nodes that follow up to the next
  * effect other than a write, passing over other ops, when they read nothing
- * those ops make and nothing the writes passed over may change. */
-static int chain_of(const kn_trace *tr, const int *roots, int first, const bool *dead, bool *member, bool *later) {
-    int last = first, nwrites = 0, writes[64], members = 1, next = 0, ext[KN_NODE_MAX_IN];
+ * those ops make and nothing the writes passed over may change. The values
+ * it reads from outside go to ext[*next], in the order members read them. */
+static int chain_of(const kn_trace *tr, const int *roots, int first, const bool *dead, bool *member, bool *later,
+                    int *ext, int *next) {
+    int last = first, nwrites = 0, writes[64], members = 1;
     member[first] = true;
-    if (!outside_fit(tr, &tr->nodes[first], member, ext, &next)) return first;
+    *next = 0;
+    if (!outside_fit(tr, &tr->nodes[first], member, ext, next)) return first;
     for (int k = first + 1; k < tr->nnodes && members < KN_SCALARS_MAX_OPS; k++) {
         const tnode *n = &tr->nodes[k];
         if (dead[k]) continue;  /* in an earlier chain, which runs before this one */
@@ -100,7 +103,7 @@ static int chain_of(const kn_trace *tr, const int *roots, int first, const bool 
             ok = !(v->kind == V_NODE && later[v->index]);
             for (int w = 0; ok && w < nwrites; w++) ok = !kn__write_may_touch(tr, roots, writes[w], n->in[j]);
         }
-        if (ok && !outside_fit(tr, n, member, ext, &next)) break;  /* the chain's inputs are full */
+        if (ok && !outside_fit(tr, n, member, ext, next)) break;  /* the chain's inputs are full */
         if (ok) member[last = k] = true, members++;
         else later[k] = true;  /* stays where it is, and so do the ops reading it */
     }
@@ -113,24 +116,18 @@ static int slot_of(const int *ids, int n, int v) {
     return -1;
 }
 
-/* The member nodes first..last as one program on node `first`. */
-static bool make_chain(plan *pl, int first, int last, const bool *member, const bool *used_after, bool *dead) {
+/* The member nodes first..last as one program on node `first`, whose
+ * inputs become the nin values the chain reads from outside, ext. */
+static bool make_chain(plan *pl, int first, int last, const bool *member, const int *ext, int nin,
+                       const bool *used_after, bool *dead) {
     kn_trace *tr = pl->tr;
     /* slots: at most two operands and a result per op */
-    int cap = 3 * (last - first + 1), nin = 0, *ids = malloc((size_t)cap * sizeof *ids);
-    int *ins = malloc((size_t)cap * sizeof *ins);
+    int cap = 3 * (last - first + 1), *ids = malloc((size_t)cap * sizeof *ids);
+    int *ins = malloc(((size_t)nin + 1) * sizeof *ins);
     struct kn_scalars *s = calloc(1, sizeof *s);
     if (!ids || !ins || !s) goto fail;
-    /* operands from outside the chain become the node's inputs */
-    for (int k = first; k <= last; k++) {
-        const tnode *n = &tr->nodes[k];
-        for (int j = 0; member[k] && j < n->nin; j++) {
-            int v = n->in[j];
-            bool inside = tr->vals[v].kind == V_NODE && member[tr->vals[v].index];
-            if (!inside && slot_of(ins, nin, v) < 0) ins[nin++] = v;
-        }
-    }
-    memcpy(ids, ins, (size_t)nin * sizeof *ids);
+    memcpy(ins, ext, (size_t)nin * sizeof *ins);
+    memcpy(ids, ext, (size_t)nin * sizeof *ids);
     int nslots = nin;
     s->steps = malloc((size_t)cap * sizeof *s->steps);
     s->dt = malloc((size_t)cap * sizeof *s->dt);
@@ -182,7 +179,8 @@ void kn__plan_scalars(plan *pl, const int *outs, int nout) {
         if (dead[k] || !scalar_node(tr, &tr->nodes[k])) continue;
         memset(member, 0, nn);
         memset(later, 0, nn);
-        int last = chain_of(tr, roots, k, dead, member, later), members = 0;
+        int ext[KN_NODE_MAX_IN], nin;
+        int last = chain_of(tr, roots, k, dead, member, later, ext, &nin), members = 0;
         for (int i = k; i <= last; i++) members += member[i];
         if (members < 2) continue;  /* a lone op gains nothing */
         /* values read by nodes other than members (writes included), or returned */
@@ -192,7 +190,7 @@ void kn__plan_scalars(plan *pl, const int *outs, int nout) {
                 if (tr->nodes[i].in[j] >= 0) used_after[tr->nodes[i].in[j]] = true;
         for (int j = 0; j < nout; j++)
             if (outs[j] >= 0) used_after[outs[j]] = true;
-        if (!make_chain(pl, k, last, member, used_after, dead)) break;
+        if (!make_chain(pl, k, last, member, ext, nin, used_after, dead)) break;
         any = true;
     }
     if (any) kn__plan_compact(pl, dead, outs, nout);
